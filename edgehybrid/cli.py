@@ -1,0 +1,121 @@
+"""The ``edgehybrid`` command line: thin, it parses, calls the library and renders with rich.
+
+Exit codes: 0 success; 1 a check that ran and failed (validation, drift, regression); 2 bad usage or
+input (unknown names, missing or corrupt files, missing optional backends); 3 an internal error, which is
+a bug in edgehybrid (``--debug`` shows its traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+import typer
+
+from edgehybrid import __version__, console
+from edgehybrid.errors import EdgeHybridError
+
+EXIT_INTERNAL = 3
+
+app = typer.Typer(
+    name="edgehybrid",
+    help="Export hybrid attention + convolution vision models to ONNX, Core ML and TFLite, "
+    "quantize them to INT8, validate them against PyTorch and profile them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgehybrid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks and third-party warnings (place before the command)."
+    ),
+) -> None:
+    """Export hybrid attention + convolution vision models for edge devices."""
+    console.route_warnings(debug)
+
+
+@app.command("models")
+def models_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (a list of models) on stdout."),
+    family: Optional[str] = typer.Option(None, "--family", help="Only this family, e.g. mobilevit."),
+) -> None:
+    """List every model in the zoo: family, kind, parameters, MACs, input size, published accuracy and latency."""
+    from edgehybrid import zoo_view
+
+    rows = zoo_view.model_rows(family)
+    if json_out:
+        console.print_json(rows)
+    else:
+        zoo_view.render_table(rows, console.out_console())
+
+
+@app.command("info")
+def info_cmd(
+    model: str = typer.Argument(..., help="Zoo name, e.g. mobilevit_s or mobilevit_s.cvnets_in1k."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", "-w",
+        help="Also load these weights and check that they fit: a .safetensors/.pth file, "
+        "hf-hub:<org>/<repo>, or 'random'.",
+    ),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Build with this many classes."),
+    input_size: Optional[tuple[int, int]] = typer.Option(
+        None, "--input-size", help="Build for this input height and width.", show_default=False
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Show one model's spec: input, preprocessing, checkpoints and published figures with their sources."""
+    from edgehybrid import zoo_view
+
+    doc = zoo_view.model_info(model, weights=weights, num_classes=num_classes, input_size=input_size)
+    if json_out:
+        console.print_json(doc)
+    else:
+        zoo_view.render_info(doc, console.out_console())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and ``python -m edgehybrid``; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="edgehybrid", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        console.error("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except EdgeHybridError as exc:
+        if debug:
+            raise
+        console.error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return 130
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        console.error(
+            f"internal error ({type(exc).__name__}: {first}); this is a bug in edgehybrid, "
+            "rerun with --debug for the traceback and report it"
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,62 @@
+"""Where output goes: results on stdout, everything a person watches (progress, logs, warnings) on stderr.
+
+Keeping the two apart is what lets ``--json`` print exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+from rich.console import Console
+
+#: progress, logs and warnings
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def out_console() -> Console:
+    """A console on the current stdout (made per call, so captured stdout in tests is honoured)."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def print_json(document) -> None:
+    """Exactly one JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    err.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {_escape(message)}")
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {_escape(message)}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    warn(str(message))
+
+
+def route_warnings(debug: bool = False) -> None:
+    """Our warnings become one ``warning:`` line on stderr, without file and line noise.
+
+    Third-party libraries (torch.export, coremltools, ...) warn a great deal about their own internals;
+    those are shown only with ``--debug``.
+    """
+    from edgehybrid.errors import EdgeHybridWarning
+
+    warnings.showwarning = _show_warning
+    if not debug:
+        warnings.filterwarnings("ignore")
+    warnings.filterwarnings("always", category=EdgeHybridWarning)
