@@ -1,0 +1,91 @@
+"""The CLI's contract: help everywhere, one JSON document with --json, one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+import typer.main
+
+from edgehybrid import __version__
+from edgehybrid.cli import app
+from models_zoo import list_models
+
+
+def test_version(cli):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip() == f"edgehybrid {__version__}"
+
+
+def test_every_command_and_option_has_help():
+    group = typer.main.get_command(app)
+    assert group.help
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command.help, f"command {name} has no help"
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"option {param.opts} of {name} has no help"
+            if isinstance(param, click.Argument):
+                assert getattr(param, "help", None), f"argument {param.name} of {name} has no help"
+    for param in group.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"global option {param.opts} has no help"
+
+
+def test_models_json_is_one_document_listing_the_zoo(cli):
+    code, out, _ = cli("models", "--json")
+    assert code == 0
+    rows = json.loads(out)  # fails if anything else was printed on stdout
+    assert [r["name"] for r in rows] == list_models()
+    for row in rows:
+        assert {"name", "family", "kind", "params", "input_size"} <= set(row)
+        assert row["params"] > 100_000 and row["input_size"][0] == 3
+
+
+def test_models_table_and_family_filter(cli):
+    code, out, _ = cli("models")
+    assert code == 0 and "mobilevit_s" in out and "efficientformer_l1" in out and "hybrid" in out
+    code, out, _ = cli("models", "--family", "efficientformer", "--json")
+    assert code == 0 and {r["family"] for r in json.loads(out)} == {"efficientformer"}
+    code, _, err = cli("models", "--family", "mobilevitt")
+    assert code == 2 and "did you mean" in err
+
+
+@pytest.mark.parametrize("typo,expected", [("mobilevit_ss", "mobilevit_s"), ("efficientformer-l1", "efficientformer_l1"),
+                                           ("deit_tiny", "deit_tiny_patch16_224")])
+def test_unknown_model_gets_did_you_mean(cli, typo, expected):
+    code, out, err = cli("info", typo)
+    assert code == 2 and out == ""
+    assert f"did you mean '{expected}'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_tag_gets_did_you_mean(cli):
+    code, _, err = cli("info", "mobilevit_s.cvnets_in1")
+    assert code == 2 and "mobilevit_s.cvnets_in1k" in err
+
+
+def test_info_shows_spec_and_sources(cli):
+    code, out, _ = cli("info", "mobilevit_s", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["preprocessing"]["crop"] == [256, 256] and doc["source"]
+    assert any(c["hf_hub_id"] == "timm/mobilevit_s.cvnets_in1k" for c in doc["checkpoints"])
+
+
+def test_bad_input_size_is_refused_with_a_fix(cli):
+    code, _, err = cli("info", "mobilevit_xxs", "--weights", "random", "--input-size", "100", "100")
+    assert code == 2 and "multiples of" in err and "Traceback" not in err
+
+
+def test_console_script_and_module_entry_points():
+    for argv in ([sys.executable, "-m", "edgehybrid", "--version"],):
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and __version__ in res.stdout
+    res = subprocess.run([sys.executable, "-m", "edgehybrid", "info", "nope_model"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "unknown model 'nope_model'" in res.stderr and "Traceback" not in res.stderr

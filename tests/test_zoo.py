@@ -1,0 +1,75 @@
+"""Every zoo model: builds at its real size, runs, matches its published parameter count, exports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models_zoo import get_spec, list_models, load_model, registered
+
+ALL = list_models()
+
+
+def test_zoo_has_every_required_model():
+    required = {
+        "mobilevit_xxs", "mobilevit_xs", "mobilevit_s",
+        *(f"mobilevitv2_{w}" for w in ("050", "075", "100", "125", "150", "175", "200")),
+        "efficientformer_l1", "efficientformer_l3", "efficientformer_l7",
+        "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l",
+        "mobilenetv2_100", "mobilenetv3_large_100", "deit_tiny_patch16_224",
+    }
+    assert required <= set(ALL), f"missing: {sorted(required - set(ALL))}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_spec_is_complete(name):
+    spec = get_spec(name)
+    assert spec.kind in ("convolution", "attention", "hybrid")
+    pre = spec.preprocessing
+    assert pre.crop == spec.input_size and pre.resize >= pre.crop[0]
+    assert len(pre.mean) == 3 and len(pre.std) == 3 and all(s > 0 for s in pre.std)
+    assert spec.published.params_m > 0 and spec.published.source.strip()
+    if spec.published.latency_ms is not None:
+        assert spec.published.latency_device, "a latency figure needs the device it was measured on"
+    if spec.default_tag is not None:
+        assert spec.default_tag in {c.tag for c in spec.checkpoints}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_builds_runs_and_matches_published_params(name):
+    loaded = load_model(name, weights="random")
+    spec, model = loaded.spec, loaded.model
+    params = sum(p.numel() for p in model.parameters())
+    published = spec.published.params_m * 1e6
+    assert abs(params - published) / published <= 0.02, f"{name}: {params} params vs published {published:.0f}"
+    x = torch.randn(1, 3, *spec.input_size)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, spec.num_classes)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_torch_export_succeeds(name):
+    spec = get_spec(name)
+    model = spec.build()
+    x = torch.randn(1, 3, *spec.input_size)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "efficientformer_l1",
+                                  "efficientformerv2_s0", "mobilenetv2_100", "mobilenetv3_large_100"])
+def test_cifar_sized_build_with_ten_classes(name):
+    # the trained fixtures are 64x64, 10 classes: the architecture must build for that without resampling
+    loaded = load_model(name, weights="random", num_classes=10, input_size=(64, 64))
+    assert loaded.spec.input_size == (64, 64) and loaded.spec.preprocessing.crop == (64, 64)
+    with torch.no_grad():
+        y = loaded.model(torch.randn(2, 3, 64, 64))
+    assert y.shape == (2, 10)
+
+
+def test_kinds_cover_the_trade_off():
+    kinds = {s.kind for s in registered().values()}
+    assert kinds == {"convolution", "attention", "hybrid"}
