@@ -9,7 +9,10 @@ prints that line and exits with :attr:`EdgeHybridError.exit_code`, showing a tra
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Iterable
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 #: exit code for bad usage or input (unknown names, missing files, wrong shapes ...)
 EXIT_USAGE = 2
@@ -81,3 +84,10 @@ def suggest(name: str, choices: Iterable[str], n: int = 2) -> list[str]:
         # a prefix or substring often beats edit distance for names like "mobilevit" -> "mobilevit_s"
         hits = [c for c in lowered if c.startswith(name.lower()) or name.lower() in c][:n]
     return [lowered[h] for h in hits]
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's text, colour codes removed, for a one-line message."""
+    text = _ANSI.sub("", str(exc)).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first[:limit]

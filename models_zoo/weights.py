@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgehybrid.errors import EdgeHybridError, WeightsError
+from edgehybrid.errors import EdgeHybridError, WeightsError, first_line
 
 HF_PREFIX = "hf-hub:"
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -80,7 +80,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(
-            f"cannot read {str(path)!r} as safetensors ({_first_line(exc)}); the file is corrupt or truncated, "
+            f"cannot read {str(path)!r} as safetensors ({first_line(exc)}); the file is corrupt or truncated, "
             "download or export it again"
         ) from exc
 
@@ -95,7 +95,7 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except Exception as exc:  # garbage bytes fail deep inside the unpickler, with any exception type
         raise WeightsError(
-            f"cannot read {str(path)!r} as a PyTorch checkpoint ({_first_line(exc)}); the file is corrupt or "
+            f"cannot read {str(path)!r} as a PyTorch checkpoint ({first_line(exc)}); the file is corrupt or "
             "truncated, download or save it again"
         ) from exc
     return _unwrap(obj, path)
@@ -160,11 +160,6 @@ def _few(items: list[str], n: int = 3) -> str:
     return shown + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
-
-
 def fetch_from_hub(repo_id: str) -> Path:
     """A timm checkpoint file from the Hugging Face hub: from the local cache, else downloaded.
 
@@ -197,7 +192,7 @@ def fetch_from_hub(repo_id: str) -> Path:
         except huggingface_hub.errors.RepositoryNotFoundError as exc:
             raise WeightsError(f"hub repository {repo_id!r} does not exist or is private; check the id") from exc
         except Exception as exc:  # network errors come in many types; each means the same to the user
-            raise WeightsError(f"cannot fetch hf-hub:{repo_id} ({_first_line(exc)}); {offline_hint}") from exc
+            raise WeightsError(f"cannot fetch hf-hub:{repo_id} ({first_line(exc)}); {offline_hint}") from exc
     raise WeightsError(f"hub repository {repo_id!r} has neither {' nor '.join(_HF_FILES)}; pass a local file") from last
 
 

@@ -1,0 +1,83 @@
+"""Turning image files into the tensors a zoo model takes, exactly as its spec says.
+
+Two steps, kept apart because an artifact may fold the second into its graph (``--normalize-in-graph``):
+
+1. :func:`load_pixels`: decode (any colour mode becomes RGB), resize the shorter side to
+   ``preprocessing.resize``, centre-crop to ``preprocessing.crop``; float32 CHW pixels in 0..255;
+2. :func:`normalize`: divide by ``value_scale``, subtract ``mean``, divide by ``std``, reorder channels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgehybrid.errors import InputError
+from models_zoo.registry import Preprocessing
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "edgehybrid" / "data" / "samples"
+
+_INTERPOLATION = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
+
+
+def load_pixels(path: Path, pre: Preprocessing) -> np.ndarray:
+    """One image file as float32 CHW RGB pixels (0..255), resized and centre-cropped per ``pre``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+                # composite transparency on white: what a viewer shows, and what training photos look like
+                img = img.convert("RGBA")
+                bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(bg, img)
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot read image {str(path)!r}: not a readable JPEG/PNG/WebP/BMP ({exc})") from exc
+    return _resize_crop(rgb, pre)
+
+
+def _resize_crop(img, pre: Preprocessing) -> np.ndarray:
+    w, h = img.size
+    short = min(w, h)
+    scale = pre.resize / short
+    new_w, new_h = max(pre.crop[1], round(w * scale)), max(pre.crop[0], round(h * scale))
+    resample = _INTERPOLATION.get(pre.interpolation, 3)
+    img = img.resize((new_w, new_h), resample=resample)
+    ch, cw = pre.crop
+    left, top = (new_w - cw) // 2, (new_h - ch) // 2
+    img = img.crop((left, top, left + cw, top + ch))
+    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy()
+
+
+def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """RGB pixels (..., 3, H, W) in 0..255 -> the model's normalized input (float32)."""
+    x = pixels.astype(np.float32) / np.float32(pre.value_scale)
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
+    x = (x - mean) / std
+    if pre.channel_order.upper() == "BGR":
+        x = x[..., ::-1, :, :]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted so that runs are reproducible."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def sample_images() -> list[Path]:
+    """The real photos bundled with the package (for validation when the user gives none)."""
+    images = find_images(SAMPLES_DIR)
+    if not images:
+        raise InputError("the bundled sample images are missing from the installed package; reinstall edgehybrid")
+    return images
+
+
+def load_batch(paths: list[Path], pre: Preprocessing, normalized: bool = True) -> np.ndarray:
+    """Several images as one (N, 3, H, W) float32 batch."""
+    pixels = np.stack([load_pixels(p, pre) for p in paths])
+    return normalize(pixels, pre) if normalized else pixels

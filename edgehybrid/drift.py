@@ -1,0 +1,89 @@
+"""How far an artifact's outputs are from the PyTorch reference's, in the figures people compare.
+
+All functions take (N, C) logits (reference first) and return plain floats, so results serialize as-is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The figures for one output: errors, similarity, and whether the predicted class agrees."""
+
+    max_abs: float
+    mean_abs: float
+    rel_max_abs: float  # max_abs / max |reference|: comparable across models with different logit scales
+    cosine: float  # mean over samples of the cosine between reference and artifact logits
+    sqnr_db: float  # signal-to-quantization-noise ratio of the artifact against the reference
+    top1_agreement: float  # fraction of samples whose argmax agrees
+    samples: int
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def compare(reference: np.ndarray, actual: np.ndarray) -> Comparison:
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    act = np.asarray(actual, dtype=np.float64).reshape(len(actual), -1)
+    if ref.shape != act.shape:
+        raise ValueError(f"shapes differ: reference {ref.shape}, artifact {act.shape}")
+    diff = np.abs(ref - act)
+    scale = float(np.abs(ref).max()) or 1.0
+    return Comparison(
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        rel_max_abs=float(diff.max() / scale),
+        cosine=cosine(ref, act),
+        sqnr_db=sqnr_db(ref, act),
+        top1_agreement=float(np.mean(ref.argmax(1) == act.argmax(1))),
+        samples=len(ref),
+    )
+
+
+def cosine(ref: np.ndarray, act: np.ndarray) -> float:
+    num = (ref * act).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(act, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 1.0, 0.0))
+    return float(cos.mean())
+
+
+def sqnr_db(ref: np.ndarray, act: np.ndarray) -> float:
+    noise = float(((ref - act) ** 2).sum())
+    signal = float((ref**2).sum())
+    if noise == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(signal / noise)) if signal > 0 else float("-inf")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What an artifact must achieve against the reference to pass validation.
+
+    ``max_abs`` is checked as ``max_abs <= atol + rtol * max|reference|``: an absolute floor for logits
+    near zero, a relative part so that a model whose logits reach 30 is not held to the rounding of one
+    whose logits reach 3.
+    """
+
+    atol: float
+    rtol: float
+    min_cosine: float
+    min_top1_agreement: float
+
+    def failures(self, c: Comparison, ref_scale: float) -> list[str]:
+        out = []
+        limit = self.atol + self.rtol * ref_scale
+        if not c.max_abs <= limit:
+            out.append(f"max-abs {c.max_abs:.3g} > {limit:.3g}")
+        if not c.cosine >= self.min_cosine:
+            out.append(f"cosine {c.cosine:.6f} < {self.min_cosine}")
+        if not c.top1_agreement >= self.min_top1_agreement:
+            out.append(f"top-1 agreement {c.top1_agreement:.1%} < {self.min_top1_agreement:.0%}")
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,78 @@
+"""Writing files so that a reader never sees half of one.
+
+Everything edgehybrid writes goes to a temporary name beside its destination and is renamed into place
+when complete (``os.replace`` is atomic on one file system). Artifacts that are folders (``.mlpackage``)
+are staged the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from edgehybrid.errors import InputError
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and prove it is writable, or say why not in one line."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output path {str(path)!r} exists and is not a folder; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".edgehybrid-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"output folder {str(path)!r} is not writable ({exc.strerror}); choose another --out") from exc
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, document) -> None:
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A private folder inside ``out_dir`` for work in progress; removed on exit, whatever happens."""
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".edgehybrid-staging-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename a finished file or folder onto ``dst``, replacing an older one only once the new one is whole."""
+    src, dst = Path(src), Path(dst)
+    if src.is_dir():
+        old = None
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+        os.replace(src, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(src, dst)
