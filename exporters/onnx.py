@@ -1,0 +1,384 @@
+"""ONNX exporter: ``torch.export`` -> ``torch.onnx`` (dynamo) -> onnxsim / onnxslim -> ``onnx.checker``.
+
+The artifact is one ``.onnx`` file with its weights inside, a static batch, an NCHW float32 input named
+``input`` and float32 ``logits``. Only a model past protobuf's 2 GB limit gets its weights in a
+``<name>.onnx.data`` file beside it (recorded in ``details``). ``fp16`` stores weights *and* computes in
+float16 while keeping float32 I/O (a Cast at each end): ONNX Runtime runs it on CPU (its
+InsertCastTransformer upcasts nodes that lack a float16 CPU kernel) and natively on GPU / NPU providers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from edgehybrid.drift import Tolerance
+from edgehybrid.errors import EdgeHybridError, first_line
+from exporters.base import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Artifact,
+    ExportOptions,
+    TensorInfo,
+    register,
+    require,
+    version_of,
+)
+from models_zoo.registry import ModelSpec
+
+#: 18 is the oldest opset torch's dynamo exporter emits (asking for less silently writes 18), so it is the
+#: most widely deployable (ONNX Runtime >= 1.14 runs it; opset 20 needs >= 1.17) and it has every op these
+#: models need (LayerNormalization since 17). Opset 20 only adds a native Gelu op: at 18 Gelu is an Erf
+#: pattern, and an interleaved A/B of deit_tiny / efficientformer_l1 on ORT CPU showed no latency difference.
+DEFAULT_OPSET = 18
+#: protobuf refuses to serialize a message of 2 GiB or more; leave headroom for the graph itself
+_PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 2**27
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NO_FUNCTION = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
+_CALL_SITE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8"}
+
+
+class _Fp16Compute(nn.Module):
+    """A float16 copy of the model behind float32 I/O, so callers feed and read float32 as usual."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).half().eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+class _ChannelsLastInput(nn.Module):
+    """Takes NHWC images (only when ``channels_last=True`` is forced; NCHW is ONNX's convention)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.permute(0, 3, 1, 2))
+
+
+@register
+class OnnxExporter:
+    """Exports to a single ONNX file validated with ONNX Runtime on CPU."""
+
+    name: ClassVar[str] = "onnx"
+    suffix: ClassVar[str] = ".onnx"
+    extra: ClassVar[str] = "onnx"
+    runtime: ClassVar[str] = "onnxruntime"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+
+    def check_available(self) -> None:
+        """onnx and onnxscript are needed to convert (the simplifiers are optional: we fall back)."""
+        require("onnx", self.extra, "ONNX export")
+        require("onnxscript", self.extra, "ONNX export (torch.onnx's dynamo exporter)")
+
+    def tolerance(self, precision: str) -> Tolerance:
+        """Tolerances measured on the seven zoo models at their default sizes, batch 1 and batch 8.
+
+        fp32: the worst relative max-abs was 1.1e-5 of max|logit| (mobilevitv2: its GroupNorm becomes
+        InstanceNormalization, which ORT sums in another order; the same at every ORT optimization
+        level), so rtol 1e-4 leaves ~10x headroom while a real mismatch (a wrong op, a dropped bias) is
+        1e-2 or more; atol 1e-4 is the floor for logits near zero. Cosine was >= 0.9999999 (need 0.99999)
+        and top-1 always agreed: float32 rounding cannot flip a prediction, so it must agree everywhere.
+        fp16: float16 compute (10-bit mantissa) gave relative max-abs up to 2.0e-3 and cosine >= 0.999998;
+        rtol 1e-2 leaves 5x for deeper or trained models, and cosine >= 0.999 still fails a broken layer
+        (~0.9 or less). Top-1 may flip on a near-tie: with random weights the closest top-2 gap was 1.2e-3
+        of max|logit|, within fp16's error; 0.85 tolerates one tie in eight images, not a systematic shift.
+        """
+        if precision == "fp32":
+            return Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999, min_top1_agreement=1.0)
+        if precision == "fp16":
+            return Tolerance(atol=1e-3, rtol=1e-2, min_cosine=0.999, min_top1_agreement=0.85)
+        raise EdgeHybridError(f"ONNX export has no precision {precision!r}; choose one of: {', '.join(self.precisions)}")
+
+    def export(
+        self, model: nn.Module, example: torch.Tensor, spec: ModelSpec, options: ExportOptions, out: Path
+    ) -> Artifact:
+        """Trace, convert, simplify and check ``model``; write ``out`` and describe it."""
+        self.check_available()
+        onnx = require("onnx", self.extra, "ONNX export")
+        self.tolerance(options.precision)  # rejects an unknown precision before any work
+        out = Path(out)
+        timings: dict[str, float] = {}
+        nhwc = bool(options.channels_last)
+        module: nn.Module = model.eval()
+        if options.precision == "fp16":
+            module = _Fp16Compute(module)
+        if nhwc:
+            module = _ChannelsLastInput(module)
+        feed = example.permute(0, 2, 3, 1).contiguous() if nhwc else example
+        what = f"{spec.name} ({options.precision})"
+
+        with _quiet():
+            t = time.perf_counter()
+            ep = _trace(module, feed, what)
+            timings["trace"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            program = _convert(ep, feed, what)
+            timings["convert"] = time.perf_counter() - t
+
+            weight_bytes = sum(
+                v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None
+            )
+            details: dict = {"batch": int(feed.shape[0]), "external_data": weight_bytes > EXTERNAL_DATA_THRESHOLD_BYTES}
+            program.model.metadata_props.update(_metadata(spec, options, "NHWC" if nhwc else "NCHW"))
+            if details["external_data"]:
+                mp = _write_external(onnx, program, out, what, details, timings)
+            else:
+                mp = _write_single(onnx, program.model_proto, out, what, details, timings)
+
+        ops = Counter(n.op_type for n in mp.graph.node)
+        details.update(
+            opset=next((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), None),
+            ir_version=mp.ir_version,
+            nodes=len(mp.graph.node),
+            op_types=dict(ops.most_common()),
+            weight_dtypes=dict(Counter(_ONNX_DTYPES.get(i.data_type, str(i.data_type)) for i in mp.graph.initializer)),
+            weight_bytes=weight_bytes,
+            input_layout="NHWC" if nhwc else "NCHW",
+            compute_dtype="float16" if options.precision == "fp16" else "float32",
+        )
+        versions = {
+            "torch": torch.__version__,
+            "onnx": version_of("onnx"),
+            "onnxscript": version_of("onnxscript"),
+            "onnxruntime": version_of("onnxruntime"),
+        }
+        if details["simplifier"] != "none":
+            versions[details["simplifier"]] = version_of(details["simplifier"])
+        return Artifact(
+            path=out,
+            target=self.name,
+            precision=options.precision,
+            inputs=[_tensor_info(v, layout="NHWC" if nhwc else "NCHW") for v in mp.graph.input],
+            outputs=[_tensor_info(v) for v in mp.graph.output],
+            versions=versions,
+            details=details,
+            timings_s={k: round(v, 4) for k, v in timings.items()},
+        )
+
+
+def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict):
+    """Simplify, check and save as one self-contained file; returns the final ModelProto."""
+    details["nodes_before_simplify"] = len(mp.graph.node)
+    t = time.perf_counter()
+    simplified, simplifier, reason = _simplify(mp)
+    if simplifier != "none" and simplified.ByteSize() >= _PROTOBUF_LIMIT:
+        # constant folding can inflate a model near the limit; the unsimplified one still fits
+        simplified, reason = mp, f"{simplifier}'s output exceeds protobuf's 2 GB limit"
+        simplifier = "none"
+    timings["simplify"] = time.perf_counter() - t
+    details["simplifier"] = simplifier
+    if reason:
+        details["simplifier_reason"] = reason
+    _set_metadata(simplified, {p.key: p.value for p in mp.metadata_props})  # in case a simplifier dropped it
+    t = time.perf_counter()
+    _check(onnx, simplified, what)
+    timings["check"] = time.perf_counter() - t
+    t = time.perf_counter()
+    onnx.save(simplified, str(out))
+    timings["save"] = time.perf_counter() - t
+    return simplified
+
+
+def _write_external(onnx, program, out: Path, what: str, details: dict, timings: dict):
+    """Past protobuf's 2 GB limit: weights go to ``<out>.data``. The simplifiers serialize the model whole,
+    so they cannot run; the checker reads the file from its path (the form that supports external data)."""
+    t = time.perf_counter()
+    program.save(out, external_data=True)
+    timings["save"] = time.perf_counter() - t
+    details.update(simplifier="none", simplifier_reason="model exceeds protobuf's 2 GB limit")
+    details["external_data_file"] = f"{out.name}.data"
+    t = time.perf_counter()
+    _check(onnx, str(out), what)
+    timings["check"] = time.perf_counter() - t
+    return onnx.load(str(out), load_external_data=False)
+
+
+def _trace(module: nn.Module, feed: torch.Tensor, what: str):
+    """torch.export the module; its failures (data-dependent control flow ...) become one line."""
+    try:
+        # on failure torch.export prints the partial FX graph straight to sys.stderr: noise for a CLI user
+        # (the graph stays reachable from the chained exception under --debug)
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            return torch.export.export(module, (feed,))
+    except Exception as exc:  # noqa: BLE001 - every torch.export failure is reported the same way
+        text = str(exc)
+        call = _CALL_SITE.search(text[text.find("The following call raised this error") :])
+        at = f" (at {call.group(1)}:{call.group(2)} in {call.group(3)})" if call else ""
+        raise EdgeHybridError(
+            f"torch.export could not trace {what}, so no ONNX graph can be built: {_first_line(exc)}{at}; "
+            "the model must be traceable without data-dependent Python control flow"
+        ) from exc
+
+
+def _convert(ep, feed: torch.Tensor, what: str):
+    """ExportedProgram -> ONNXProgram at DEFAULT_OPSET, I/O named per the contract."""
+    try:
+        return torch.onnx.export(
+            ep,
+            (feed,),
+            dynamo=True,
+            opset_version=DEFAULT_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            external_data=False,
+            optimize=True,
+            verbose=False,
+            report=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - translated into one actionable line below
+        match = _NO_FUNCTION.search(str(exc))
+        if match is None:
+            raise EdgeHybridError(f"ONNX conversion of {what} failed in torch.onnx: {_first_line(exc)}") from exc
+        op = f"{match.group(1)}.{match.group(2)}"
+        raise EdgeHybridError(
+            f"ONNX conversion of {what} failed: torch.onnx has no ONNX translation for operator {op}"
+            f"{_where(ep, op)}; replace that operation in the model with supported ones, or try --target "
+            "coreml / tflite"
+        ) from exc
+
+
+def _where(ep, op: str) -> str:
+    """' (in module PATH (Class))' for the first node calling ``op``, else ''.
+
+    torch.onnx decomposes the graph before translating, so the failing op may only exist after
+    decomposition (linalg_eigvals -> linalg_eig); nn_module_stack survives decomposition.
+    """
+    base = op.rsplit(".", 1)[0]  # aten.linalg_eig
+    try:
+        graphs = [ep.graph]
+        with contextlib.suppress(Exception):
+            graphs.append(ep.run_decompositions().graph)
+        for graph in reversed(graphs):
+            for node in graph.nodes:
+                target = str(node.target)
+                if node.op == "call_function" and (target == op or target.startswith(base + ".")):
+                    stack = node.meta.get("nn_module_stack") or {}
+                    if stack:
+                        path, cls = list(stack.values())[-1]
+                        cls_name = getattr(cls, "__name__", str(cls)).rsplit(".", 1)[-1]
+                        return f" (in module {path or '<root>'!r} of type {cls_name})"
+    except Exception:  # noqa: BLE001 - locating the module is best effort; the op name is what matters
+        pass
+    return ""
+
+
+def _simplify(mp):
+    """onnxsim with shape inference, else onnxslim, else the model as exported: (model, name, reason)."""
+    reasons = []
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(mp, skip_shape_inference=False)
+        if ok:
+            return simplified, "onnxsim", ""
+        reasons.append("onnxsim: its output check failed")
+    except Exception as exc:  # noqa: BLE001 - any simplifier failure falls through to the next one
+        reasons.append(f"onnxsim: {_first_line(exc)}")
+    try:
+        import onnxslim
+
+        return onnxslim.slim(mp), "onnxslim", "; ".join(reasons)
+    except Exception as exc:  # noqa: BLE001
+        reasons.append(f"onnxslim: {_first_line(exc)}")
+    return mp, "none", "; ".join(reasons)
+
+
+def _check(onnx, model, what: str) -> None:
+    """onnx.checker with full (strict shape-inference) checks; a failure is a converter bug worth a line."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # noqa: BLE001
+        raise EdgeHybridError(f"the ONNX graph exported for {what} fails onnx.checker: {_first_line(exc)}") from exc
+
+
+def _metadata(spec: ModelSpec, options: ExportOptions, layout: str) -> dict[str, str]:
+    """Model metadata a deployer (and our runtime) can read back: layout, preprocessing, precision."""
+    import json
+
+    return {
+        "edgehybrid.model": spec.name,
+        "edgehybrid.precision": options.precision,
+        "edgehybrid.input_layout": layout,
+        "edgehybrid.normalize_in_graph": str(bool(options.normalize_in_graph)).lower(),
+        "edgehybrid.preprocessing": json.dumps(spec.preprocessing.to_dict()),
+    }
+
+
+def _set_metadata(mp, props: dict[str, str]) -> None:
+    """Set ``props`` on a ModelProto, keeping any other keys it has."""
+    keep = [(p.key, p.value) for p in mp.metadata_props if p.key not in props]
+    del mp.metadata_props[:]
+    for key, value in keep + list(props.items()):
+        mp.metadata_props.add(key=key, value=value)
+
+
+def _tensor_info(value, layout: str | None = None) -> TensorInfo:
+    """TensorInfo read from a graph input/output (dynamic dims, which we never emit, read as -1)."""
+    tt = value.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+    return TensorInfo(
+        name=value.name,
+        shape=shape,
+        dtype=_ONNX_DTYPES.get(tt.elem_type, str(tt.elem_type)),
+        layout=layout if len(shape) == 4 else None,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """Like :func:`first_line`, but prefers torch.onnx's "## Exception summary" line when there is one."""
+    for line in _ANSI.sub("", str(exc)).splitlines():
+        if line.startswith("<class ") and ">: " in line:
+            return line.split(">: ", 1)[1][:300]
+    return first_line(exc)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep converter chatter off stdout (the CLI's --json owns it) and torch.onnx's logs/warnings quiet.
+
+    Python prints go to stderr; so do C++ prints (fd 1 is pointed at fd 2 for the duration).
+    """
+    names = (
+        "torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "onnxscript", "onnx_ir"
+    )
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)  # their errors reach the user as our one-line exception
+    sys.stdout.flush()
+    saved_fd = None
+    with contextlib.suppress(OSError, ValueError):
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved_fd is not None:
+            sys.stdout.flush()
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
