@@ -1,0 +1,142 @@
+"""LiteRT (TFLite) runtime: runs ``.tflite`` artifacts on the CPU interpreter.
+
+Uses ai-edge-litert's ``Interpreter`` (the maintained package), or the older ``tflite_runtime`` where that
+is what is installed; the session records which in :attr:`LiteRTSession.backend`. Inputs and outputs are
+read from the artifact: from its first signature when it has one (names like ``input`` / ``logits``), from
+the interpreter's tensor details otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError
+from exporters.base import TensorInfo, version_of
+
+EXTRA = "tflite"
+
+
+def _interpreter_class() -> tuple[type, str]:
+    """The Interpreter class and the package it came from (name and version)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, f"ai-edge-litert {version_of('ai-edge-litert')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, f"tflite-runtime {version_of('tflite-runtime')}"
+    except ImportError as exc:
+        raise MissingBackendError("ai_edge_litert", EXTRA, "Running a TFLite model") from exc
+
+
+def _layout(shape: tuple[int, ...]) -> str | None:
+    """Image layout of a 4-D input, from where its colour axis (1 or 3 channels) sits; None if unclear."""
+    if len(shape) != 4:
+        return None
+    first, last = shape[1] in (1, 3), shape[3] in (1, 3)
+    if last and not first:
+        return "NHWC"
+    if first and not last:
+        return "NCHW"
+    return None
+
+
+def _info(detail: dict, name: str, image: bool) -> TensorInfo:
+    shape = tuple(int(d) for d in detail["shape"])
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    quantized = bool(scale)  # the interpreter reports scale 0.0 for float tensors
+    return TensorInfo(
+        name=name,
+        shape=shape,
+        dtype=np.dtype(detail["dtype"]).name,
+        layout=_layout(shape) if image else None,
+        scale=float(scale) if quantized else None,
+        zero_point=int(zero_point) if quantized else None,
+    )
+
+
+class LiteRTSession:
+    """One loaded ``.tflite`` model; ``run({name: array}) -> {name: array}``."""
+
+    def __init__(self, path: Path, threads: int = 2):
+        interpreter_cls, self.backend = _interpreter_class()
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"TFLite model {str(path)!r} does not exist or is not a file")
+        try:
+            self._interpreter = interpreter_cls(model_path=str(path), num_threads=max(1, int(threads)))
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise InputError(f"cannot load TFLite model {str(path)!r}: not a valid .tflite file ({reason})") from exc
+        self.path = path
+        signatures = self._interpreter.get_signature_list() if hasattr(self._interpreter, "get_signature_list") else {}
+        self.signature: str | None = next(iter(signatures), None)
+        if self.signature is not None:
+            self._runner = self._interpreter.get_signature_runner(self.signature)
+            in_details = self._runner.get_input_details()
+            out_details = self._runner.get_output_details()
+            self.inputs = [_info(d, n, image=True) for n, d in in_details.items()]
+            self.outputs = [_info(d, n, image=False) for n, d in out_details.items()]
+        else:
+            # a bare flatbuffer (no SignatureDef): address tensors by index, name them as the file does
+            self._runner = None
+            self._in_index = {d["name"]: d["index"] for d in self._interpreter.get_input_details()}
+            self._out_index = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
+            self.inputs = [_info(d, d["name"], image=True) for d in self._interpreter.get_input_details()]
+            self.outputs = [_info(d, d["name"], image=False) for d in self._interpreter.get_output_details()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; ``feeds`` must name every input, with its exact shape (the batch is static)."""
+        expected = {i.name: i for i in self.inputs}
+        unknown = sorted(set(feeds) - set(expected))
+        missing = sorted(set(expected) - set(feeds))
+        if unknown or missing:
+            raise InputError(
+                f"TFLite model {self.path.name!r} takes inputs {sorted(expected)}, "
+                f"was given {sorted(feeds)}" + (f" (missing {missing})" if missing else "")
+            )
+        arrays = {}
+        for name, info in expected.items():
+            array = np.asarray(feeds[name])
+            if tuple(array.shape) != info.shape:
+                layout = f" {info.layout}" if info.layout else ""
+                raise InputError(
+                    f"input {name!r} of {self.path.name!r} must have shape {list(info.shape)}{layout}, "
+                    f"got {list(array.shape)}"
+                )
+            want = np.dtype(info.dtype)
+            if array.dtype != want:
+                # float64 -> float32 is what callers mean; anything that changes kind is a mistake
+                if array.dtype.kind != want.kind and not (array.dtype.kind in "iu" and want.kind in "iu"):
+                    raise InputError(f"input {name!r} must be {info.dtype}, got {array.dtype.name}")
+                array = array.astype(want)
+            arrays[name] = np.ascontiguousarray(array)
+        try:
+            if self._runner is not None:
+                outs = self._runner(**arrays)
+                return {o.name: np.asarray(outs[o.name]) for o in self.outputs}
+            for name, array in arrays.items():
+                self._interpreter.set_tensor(self._in_index[name], array)
+            self._interpreter.invoke()
+            return {o.name: self._interpreter.get_tensor(self._out_index[o.name]) for o in self.outputs}
+        except (ValueError, RuntimeError) as exc:
+            raise EdgeHybridError(f"LiteRT failed to run {self.path.name!r}: {' '.join(str(exc).split())}") from exc
+
+
+class LiteRTRuntime:
+    """The ``litert`` runtime: :meth:`load` returns a :class:`LiteRTSession`."""
+
+    name = "litert"
+    extra = EXTRA
+
+    def load(self, artifact: Path, threads: int = 2) -> LiteRTSession:
+        return LiteRTSession(Path(artifact), threads)
+
+
+RUNTIME = LiteRTRuntime()

@@ -1,0 +1,371 @@
+"""TFLite exporter: PyTorch -> ``.tflite`` through litert-torch (torch.export -> StableHLO -> LiteRT converter).
+
+The artifact has one signature, ``serving_default``, whose input is ``input`` and output ``logits``. The
+input is NHWC by default, because that is the layout TFLite users and image pipelines on phones feed;
+``ExportOptions.channels_last=False`` keeps NCHW. The NCHW->NHWC transpose lives in the wrapper below, so
+the converter sees it and folds it into the first convolution's layout (TFLite kernels are NHWC anyway).
+The batch is static (the example's). ``fp16`` stores the conv / depthwise-conv / fully-connected weights
+as float16 with DEQUANTIZE ops in front (ai-edge-quantizer's float-casting recipe, the same one
+``litert_torch.generative.quantize.quant_recipes.full_fp16_recipe`` builds): half the file size; LiteRT's
+CPU path (XNNPACK) runs it in float32, or float16 where the CPU has native float16 arithmetic.
+
+litert-torch is imported lazily (~5 s, ~500 MB): importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from edgehybrid.drift import Tolerance
+from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, first_line
+from exporters.base import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Artifact,
+    ExportOptions,
+    TensorInfo,
+    register,
+    require,
+    version_of,
+)
+from models_zoo.registry import ModelSpec
+
+SIGNATURE = "serving_default"  # litert-torch's default signature key, what TFLite tooling looks up first
+
+# Measured on the 7 reference models (random weights; 8 bundled photos + 8 noise images each), plus
+# mobilenetv2/v3 with BatchNorm statistics recalibrated (random BN stats collapse their features to ~0).
+# fp32: worst max-abs 7.7e-6 of max|logit| (mobilenetv2, recalibrated), worst cosine 1 - 2e-11. TFLite's
+# kernels sum in other orders than PyTorch's, and trained models have logits near 20, so rtol is 5e-5
+# (6x over the worst seen), atol 1e-4 for logits near zero; a lowering or layout bug errs by >1e-2.
+_FP32 = Tolerance(atol=1e-4, rtol=5e-5, min_cosine=0.99999, min_top1_agreement=1.0)
+# fp16 weights: worst max-abs 9.6e-3 of max|logit| and cosine 0.99996 (mobilenetv2, recalibrated: 50
+# layers of rounded weights); 1.2e-3 at worst on the attention models. rtol 3e-2 gives 3x headroom, a
+# cosine of 0.9995 still allows 10x the worst (1 - cos) seen while catching a wrong layer. Top-1 agreed
+# everywhere measured; 0.85 lets one near-tie flip out of the 8 bundled samples pass, not two.
+_FP16 = Tolerance(atol=1e-3, rtol=3e-2, min_cosine=0.9995, min_top1_agreement=0.85)
+
+
+class _Signature(nn.Module):
+    """The exported graph: named input ``input`` (NHWC or NCHW), dict output ``{"logits": ...}``.
+
+    litert-torch names signature inputs after forward()'s parameters and outputs after the dict's keys.
+    """
+
+    def __init__(self, model: nn.Module, nhwc: bool):
+        super().__init__()
+        self.model = model
+        self.nhwc = nhwc
+
+    def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: A002  the signature's input name
+        x = input.permute(0, 3, 1, 2) if self.nhwc else input
+        return {OUTPUT_NAME: self.model(x)}
+
+
+@register
+class TFLiteExporter:
+    """PyTorch -> TFLite via litert-torch; validated on LiteRT's interpreter (``edgehybrid.runtimes.litert``)."""
+
+    name: ClassVar[str] = "tflite"
+    suffix: ClassVar[str] = ".tflite"
+    extra: ClassVar[str] = "tflite"
+    runtime: ClassVar[str] = "litert"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+
+    def check_available(self) -> None:
+        """Fail with the extra to install when litert-torch or the LiteRT interpreter is missing."""
+        # find_spec, not import: importing litert-torch takes ~5 s, and export() does that anyway
+        for module in ("litert_torch", "ai_edge_litert"):
+            if importlib.util.find_spec(module) is None:
+                raise MissingBackendError(module, self.extra, "TFLite export")
+
+    def tolerance(self, precision: str) -> Tolerance:
+        """The measured bound for ``precision`` (see the constants above for the figures behind it)."""
+        if precision not in self.precisions:
+            raise EdgeHybridError(f"TFLite export supports precisions {', '.join(self.precisions)}, not {precision!r}")
+        return _FP32 if precision == "fp32" else _FP16
+
+    def export(
+        self, model: nn.Module, example: torch.Tensor, spec: ModelSpec, options: ExportOptions, out: Path
+    ) -> Artifact:
+        """Convert ``model`` at ``example``'s (static) shape, write ``out`` and describe what is in it."""
+        self.tolerance(options.precision)  # rejects an unsupported precision before the slow part
+        if example.ndim != 4:
+            raise InputError(f"TFLite export expects an NCHW example tensor, got shape {tuple(example.shape)}")
+        nhwc = options.channels_last is not False  # None: TFLite's convention, NHWC
+        sample = (example.permute(0, 2, 3, 1) if nhwc else example).contiguous().float()
+        wrapper = _Signature(model, nhwc).eval()
+        timings: dict[str, float] = {}
+
+        t = time.perf_counter()
+        with _quiet():
+            litert_torch = require("litert_torch", self.extra, "TFLite export")
+        timings["import"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        try:
+            with _quiet():
+                edge_model = litert_torch.convert(wrapper, sample_kwargs={INPUT_NAME: sample})
+                flatbuffer = bytes(edge_model.model_content())
+        except EdgeHybridError:
+            raise
+        except Exception as exc:  # the converter raises RuntimeError/ValueError/torch errors alike
+            raise _explain(exc, wrapper, {INPUT_NAME: sample}) from exc
+        timings["convert"] = time.perf_counter() - t
+
+        details: dict = {}
+        if options.precision == "fp16":
+            t = time.perf_counter()
+            flatbuffer = _fp16_weights(flatbuffer, self.extra)
+            timings["quantize"] = time.perf_counter() - t
+            details["quantization"] = (
+                "float16 weights (conv, depthwise conv, fully connected) with DEQUANTIZE; float32 activations"
+            )
+
+        t = time.perf_counter()
+        out = Path(out)
+        out.write_bytes(flatbuffer)
+        timings["write"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        info = inspect_flatbuffer(flatbuffer)
+        timings["inspect"] = time.perf_counter() - t
+        sig = info["signatures"].get(SIGNATURE)
+        if sig is None or [i.name for i in sig["inputs"]] != [INPUT_NAME]:
+            raise EdgeHybridError(
+                f"litert-torch wrote no {SIGNATURE!r} signature with input {INPUT_NAME!r} "
+                f"(found {sorted(info['signatures'])}); this litert-torch version is not supported"
+            )
+        layout = "NHWC" if nhwc else "NCHW"
+        inputs = [TensorInfo(i.name, i.shape, i.dtype, layout) for i in sig["inputs"]]
+        details.update(
+            signatures=sorted(info["signatures"]),
+            nhwc=nhwc,
+            op_counts=info["op_counts"],
+            tensor_dtypes=info["tensor_dtypes"],
+            weights=info["weights"],
+            size_bytes=len(flatbuffer),
+        )
+        versions = {
+            "torch": torch.__version__,
+            "litert-torch": version_of("litert-torch"),
+            "ai-edge-litert": version_of("ai-edge-litert"),
+        }
+        if options.precision == "fp16":
+            versions["ai-edge-quantizer"] = version_of("ai-edge-quantizer")
+        return Artifact(
+            path=out,
+            target=self.name,
+            precision=options.precision,
+            inputs=inputs,
+            outputs=list(sig["outputs"]),
+            versions=versions,
+            details=details,
+            timings_s={k: round(v, 4) for k, v in timings.items()},
+        )
+
+
+def _fp16_weights(flatbuffer: bytes, extra: str) -> bytes:
+    """Store conv / FC weights as float16 (ai-edge-quantizer float casting, weight-only, fp32 compute)."""
+    aeq = require("ai_edge_quantizer", extra, "TFLite float16 export")
+    from ai_edge_quantizer import qtyping, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    rm = recipe_manager.RecipeManager()
+    rm.add_quantization_config(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        op_config=qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT,
+            explicit_dequantize=True,  # DEQUANTIZE ops keep every kernel float32: runs on any LiteRT CPU
+        ),
+        algorithm_key=AlgorithmName.FLOAT_CASTING,
+    )
+    try:
+        # ai-edge-quantizer 0.10 drops enable_progress_bar on the way to its transformation step, whose
+        # tqdm bar then shows for any model over 100 tensors: swallow stderr for this short call
+        with _quiet(), contextlib.redirect_stderr(io.StringIO()):
+            result = aeq.Quantizer(flatbuffer, rm.get_quantization_recipe()).quantize(
+                enable_progress_bar=False, enable_progress_report=False
+            )
+    except Exception as exc:
+        raise EdgeHybridError(f"float16 weight conversion failed in ai-edge-quantizer: {first_line(exc)}") from exc
+    return bytes(result.quantized_model)
+
+
+def inspect_flatbuffer(buf: bytes) -> dict:
+    """Signatures (name -> inputs/outputs as TensorInfo), op-type counts, tensor dtypes and weight figures.
+
+    Reads the flatbuffer with ai-edge-litert's generated schema, so no TensorFlow is needed.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(buf, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    type_names[schema.TensorType.FLOAT32] = "float32"
+
+    ops: Counter = Counter()
+    dtypes: Counter = Counter()
+    weight_elems: Counter = Counter()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for i in range(sg.OperatorsLength()):
+            code = model.OperatorCodes(sg.Operators(i).OpcodeIndex())
+            # builtin codes above 127 live in BuiltinCode(); older files only fill the deprecated byte
+            op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = op_names.get(op, str(op))
+            if op == schema.BuiltinOperator.CUSTOM and code.CustomCode():
+                name = "CUSTOM:" + code.CustomCode().decode()
+            ops[name] += 1
+        for i in range(sg.TensorsLength()):
+            tensor = sg.Tensors(i)
+            dtype = type_names.get(tensor.Type(), str(tensor.Type()))
+            dtypes[dtype] += 1
+            buffer = model.Buffers(tensor.Buffer()) if tensor.Buffer() < model.BuffersLength() else None
+            if buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0):
+                weight_elems[dtype] += math.prod(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else 1
+
+    signatures = {}
+    for k in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(k)
+        sg = model.Subgraphs(sd.SubgraphIndex())
+
+        def _info(entry, sg=sg):
+            tensor = sg.Tensors(entry.TensorIndex())
+            shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+            q = tensor.Quantization()
+            scale = zp = None
+            if q is not None and q.ScaleLength() == 1:  # per-tensor quantized I/O (int8 models)
+                scale, zp = float(q.Scale(0)), int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
+            return TensorInfo(entry.Name().decode(), shape, type_names.get(tensor.Type(), str(tensor.Type())), None, scale, zp)
+
+        signatures[sd.SignatureKey().decode()] = {
+            "inputs": [_info(sd.Inputs(j)) for j in range(sd.InputsLength())],
+            "outputs": [_info(sd.Outputs(j)) for j in range(sd.OutputsLength())],
+        }
+    return {
+        "signatures": signatures,
+        "op_counts": dict(ops.most_common()),
+        "tensor_dtypes": sorted(dtypes),
+        "weights": {f"{dtype}_elements": n for dtype, n in sorted(weight_elems.items())},
+    }
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep converter chatter off stdout (the CLI's --json owns it) and its warnings out of the log.
+
+    litert-torch prints progress with rich (off with LITERT_TORCH_SHOW_PROGRESS=n), ai-edge-quantizer
+    prints a size report; C++ code may write to file descriptor 1 directly, so that is pointed at
+    stderr as well for the duration.
+    """
+    old_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    # import-time notices ("Failed to load _C_mxfp8.so", a pytree deprecation) go through these loggers
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree", "absl")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    saved_fd = None
+    try:
+        sys.stdout.flush()
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):  # no real fd 1 (embedded, closed): Python-level redirect only
+        saved_fd = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved_fd is not None:
+            _flush_c_stdout()
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if old_env is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old_env
+
+
+def _flush_c_stdout() -> None:
+    # C stdio buffers what C++ wrote while fd 1 was stderr; flush it there, not after the fd is restored
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # noqa: BLE001  best effort: platforms without a C library handle
+        pass
+
+
+def _explain(exc: Exception, wrapper: nn.Module, kwargs: dict) -> EdgeHybridError:
+    """One line naming what could not be converted, where it is in the model, and what to try."""
+    text = str(exc)
+    missing = re.search(r"Lowering not found: (\S+)", text)
+    if missing:
+        op = missing.group(1)
+        return EdgeHybridError(
+            f"TFLite conversion failed: litert-torch has no lowering for {op}{_module_of(op, wrapper, kwargs)}; "
+            "rewrite that part of the model with supported ops, or export with --target onnx instead"
+        )
+    illegal = re.search(r"failed to legalize operation '([^']+)'", text)
+    if illegal:
+        ranks = [t.count("x") for t in re.findall(r"tensor<([0-9x?]+x[a-z]+\d*)>", text)]
+        rank = f" on a rank-{max(ranks)} tensor" if ranks else ""
+        loc = re.search(r"([\w.\-/]+\.py):(\d+)", text)
+        where = f" (from {Path(loc.group(1)).name}:{loc.group(2)})" if loc else ""
+        hint = (
+            "TFLite kernels stop at rank 5 or 6: reshape to fewer dimensions"
+            if ranks and max(ranks) > 5
+            else "the LiteRT converter has no kernel for it: rewrite that part with common ops"
+        )
+        return EdgeHybridError(f"TFLite conversion failed: cannot lower {illegal.group(1)}{rank}{where}; {hint}")
+    if "torch.export" in text or type(exc).__module__.startswith(("torch.fx", "torch._dynamo", "torch.export")):
+        return EdgeHybridError(
+            f"TFLite conversion failed: torch.export could not trace the model ({type(exc).__name__}: "
+            f"{first_line(exc)}); make forward() free of data-dependent Python control flow"
+        )
+    return EdgeHybridError(f"TFLite conversion failed: {type(exc).__name__}: {first_line(exc)}")
+
+
+def _module_of(op: str, wrapper: nn.Module, kwargs: dict) -> str:
+    """' in module PATH (Type)' for the first node calling ``op``, from torch.export's nn_module_stack.
+
+    Only runs after a failure: re-exporting costs a few seconds, which a failed conversion can spare.
+    """
+    try:
+        with _quiet():
+            program = torch.export.export(wrapper, (), kwargs, strict=False)
+            # litert-torch lowers the decomposed graph, so the op may only appear after decomposition
+            for stage in (program.graph, None):
+                graph = stage if stage is not None else program.run_decompositions().graph
+                for node in graph.nodes:
+                    if node.op == "call_function" and str(node.target) == op:
+                        stack = list((node.meta.get("nn_module_stack") or {}).values())
+                        if not stack:
+                            return ""
+                        path, kind = stack[-1]
+                        path = re.sub(r"^(L\['self'\]\.)?model\.?", "", str(path))
+                        kind = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1].strip("'>")
+                        return f" in module {path!r} ({kind})" if path else f" in the model's own forward ({kind})"
+    except Exception:  # noqa: BLE001  the location is a courtesy; the op name is already in the message
+        pass
+    return ""
