@@ -8,6 +8,7 @@ a bug in edgehybrid (``--debug`` shows its traceback).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -85,6 +86,55 @@ def info_cmd(
         console.print_json(doc)
     else:
         zoo_view.render_info(doc, console.out_console())
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Zoo name, optionally with a checkpoint tag (mobilevit_s.cvnets_in1k)."),
+    target: str = typer.Option(..., "--target", "-t", help="Artifact format: onnx, coreml or tflite."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", "-w",
+        help="A .safetensors/.pth file, hf-hub:<org>/<repo>, or 'random'; default: the name's checkpoint.",
+    ),
+    out: Path = typer.Option(Path("exports"), "--out", "-o", help="Output folder for the artifact and its manifest."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights/compute where the target supports it."),
+    batch: int = typer.Option(1, "--batch", help="Static batch size of the artifact's input."),
+    input_size: Optional[tuple[int, int]] = typer.Option(
+        None, "--input-size", help="Input height and width (default: the model's).", show_default=False
+    ),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classifier size (default: the model's)."),
+    normalize_in_graph: bool = typer.Option(
+        False, "--normalize-in-graph",
+        help="Fold pixel scaling, mean, std and channel order into the graph: the device feeds raw 0..255 pixels.",
+    ),
+    nchw: bool = typer.Option(
+        False, "--nchw", help="Keep NCHW input for TFLite (default NHWC, as TFLite users expect)."
+    ),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="Folder of images to validate on (default: the bundled sample photos)."
+    ),
+    threads: int = typer.Option(2, "--threads", help="Runtime threads used for validation."),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document on stdout."),
+) -> None:
+    """Export MODEL to an ONNX, Core ML or TFLite artifact, validate it against PyTorch, write its manifest."""
+    from edgehybrid.pipeline import ExportRequest, run_export
+    from exporters.base import ExportOptions
+
+    options = ExportOptions(
+        precision="fp16" if fp16 else "fp32", batch=batch, normalize_in_graph=normalize_in_graph,
+        channels_last=False if nchw else None,
+    )
+    request = ExportRequest(
+        model=model, target=target, out_dir=out, weights=weights, options=options, num_classes=num_classes,
+        input_size=input_size, images=images, threads=threads,
+    )
+    manifest = run_export(request, log=console.info)
+    if json_out:
+        console.print_json(manifest)
+    else:
+        from edgehybrid import export_view
+
+        export_view.render_summary(manifest, console.out_console())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,202 @@
+"""load -> export -> validate -> manifest, atomically.
+
+Nothing reaches the output folder until the artifact has been validated against the PyTorch reference:
+the exporter writes into a private staging folder, validation runs there, and only then are the artifact
+and its manifest renamed into place. A failed export or validation leaves the output folder as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from calibration.preprocess import find_images, load_batch, sample_images
+from edgehybrid import manifest as manifest_mod
+from edgehybrid.drift import compare
+from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
+from edgehybrid.fsutil import ensure_writable_dir, move_into_place, staging_dir, write_json_atomic
+from edgehybrid.runtimes import RuntimeUnavailable, get_runtime
+from exporters.base import Artifact, ExportOptions, get_exporter
+from models_zoo import load_model
+from models_zoo.registry import Preprocessing
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One ``edgehybrid export`` invocation, as the library sees it."""
+
+    model: str
+    target: str
+    out_dir: Path = Path("exports")
+    weights: str | None = None
+    options: ExportOptions = field(default_factory=ExportOptions)
+    num_classes: int | None = None
+    input_size: tuple[int, int] | None = None
+    images: Path | None = None  # validation images; the bundled samples when None
+    max_images: int = 8
+    threads: int = 2
+
+
+class NormalizeInGraph(nn.Module):
+    """Raw RGB pixels (floats in 0..255) in; scaling, mean, std and channel order happen inside the graph."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing):
+        super().__init__()
+        self.model = model
+        scale = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * pre.value_scale
+        self.register_buffer("scale", 1.0 / scale, persistent=False)
+        self.register_buffer("shift", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1) / torch.tensor(
+            pre.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.bgr = pre.channel_order.upper() == "BGR"
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels * self.scale - self.shift  # == (pixels / value_scale - mean) / std, one mul + one sub
+        if self.bgr:
+            x = x.flip(1)
+        return self.model(x)
+
+
+def artifact_stem(ref: str, precision: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", ref)
+    return stem if precision == "fp32" else f"{stem}_{precision}"
+
+
+def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
+    """Export, validate and write the artifact and its manifest; returns the manifest."""
+    t_start = time.perf_counter()
+    options = req.options
+    exporter = get_exporter(req.target)
+    if options.precision not in exporter.precisions:
+        raise EdgeHybridError(
+            f"{req.target} export does not support precision {options.precision!r}; "
+            f"supported: {', '.join(exporter.precisions)}"
+        )
+    if options.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {options.batch}")
+    exporter.check_available()  # before any work: a missing backend is a one-line answer, not a late crash
+    images = _validation_images(req)  # cheap input checks first: a typo costs no model load
+    out_dir = ensure_writable_dir(req.out_dir)
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
+    timings["load"] = time.perf_counter() - t
+    spec = loaded.spec
+    log(f"loaded {spec.name} ({loaded.weights.kind}: {loaded.weights.source}) in {timings['load']:.2f}s")
+
+    pixels = load_batch(images, spec.preprocessing, normalized=False)
+    normalized = load_batch(images, spec.preprocessing, normalized=True)
+    graph = NormalizeInGraph(loaded.model, spec.preprocessing).eval() if options.normalize_in_graph else loaded.model
+    feeds_nchw = pixels if options.normalize_in_graph else normalized
+    example = torch.from_numpy(_batched(feeds_nchw, options.batch)[0])
+
+    stem = artifact_stem(req.model, options.precision)
+    final_path = out_dir / f"{stem}{exporter.suffix}"
+    with staging_dir(out_dir) as stage:
+        staged = stage / final_path.name
+        t = time.perf_counter()
+        artifact = exporter.export(graph, example, spec, options, staged)
+        timings["export"] = time.perf_counter() - t
+        timings.update({f"export.{k}": v for k, v in artifact.timings_s.items()})
+        log(f"exported {req.target} ({options.precision}) in {timings['export']:.2f}s: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in artifact.timings_s.items()))
+
+        t = time.perf_counter()
+        validation = validate(exporter, artifact, graph, feeds_nchw, options.batch, req.threads, images)
+        timings["validate"] = time.perf_counter() - t
+        log(_describe_validation(validation, timings["validate"]))
+
+        timings["total"] = time.perf_counter() - t_start
+        manifest = manifest_mod.build(
+            req=req, loaded=loaded, artifact=artifact, final_path=final_path, validation=validation, timings=timings
+        )
+        if not validation["passed"]:
+            raise CheckFailedError(
+                f"{req.target} artifact of {req.model} failed validation against PyTorch on output "
+                f"'{artifact.outputs[0].name}': {'; '.join(validation['failures'])} (nothing was written)"
+            )
+        manifest_path = final_path.with_name(final_path.name + ".manifest.json")
+        staged_manifest = stage / manifest_path.name
+        write_json_atomic(staged_manifest, manifest)
+        external = artifact.details.get("external_data_file")  # weights beside a >2 GB ONNX graph
+        if external:
+            move_into_place(stage / external, final_path.with_name(external))
+        move_into_place(staged, final_path)
+        move_into_place(staged_manifest, manifest_path)
+    log(f"wrote {final_path} ({manifest['size_bytes'] / 1e6:.2f} MB) and {manifest_path.name}")
+    return manifest
+
+
+def _validation_images(req: ExportRequest) -> list[Path]:
+    if req.images is None:
+        images = sample_images()
+    else:
+        if not Path(req.images).is_dir():
+            raise InputError(f"--images {str(req.images)!r} is not a folder; pass a folder of JPEG/PNG/WebP/BMP images")
+        images = find_images(req.images)
+        if not images:
+            raise InputError(f"--images {str(req.images)!r} holds no JPEG/PNG/WebP/BMP images")
+    return images[: max(req.max_images, req.options.batch)]
+
+
+def _batched(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Split N samples into static batches, repeating samples to fill the last one."""
+    total = math.ceil(len(x) / batch) * batch
+    if total != len(x):
+        x = x[np.arange(total) % len(x)]
+    return [np.ascontiguousarray(x[i:i + batch]) for i in range(0, total, batch)]
+
+
+def validate(exporter, artifact: Artifact, graph: nn.Module, feeds_nchw: np.ndarray, batch: int, threads: int,
+             images: list[Path]) -> dict:
+    """Run the artifact on its runtime over the validation inputs and compare with the PyTorch graph."""
+    batches = _batched(feeds_nchw, batch)
+    with torch.no_grad():
+        reference = np.concatenate([graph(torch.from_numpy(b)).numpy() for b in batches])
+    result: dict = {"runtime": exporter.runtime, "samples": len(reference), "images": [p.name for p in images],
+                    "threads": threads}
+    try:
+        session = get_runtime(exporter.runtime).load(artifact.path, threads=threads)
+        result.update({"executed": True, "method": f"{exporter.runtime} runtime"})
+    except RuntimeUnavailable as exc:
+        result.update({"executed": False, "reason": str(exc)})
+        fallback = getattr(exporter, "reference_session", None)
+        if fallback is None:
+            result.update({"passed": True, "method": "structure only", "failures": [], "metrics": None})
+            return result
+        session = fallback(artifact.path)
+        result["method"] = session.label
+    in_info, out_info = artifact.inputs[0], artifact.outputs[0]
+    outputs = []
+    for b in batches:
+        feed = b.transpose(0, 2, 3, 1) if in_info.layout == "NHWC" else b
+        outputs.append(np.asarray(session.run({in_info.name: np.ascontiguousarray(feed)})[out_info.name]))
+    actual = np.concatenate(outputs).reshape(reference.shape)
+    comparison = compare(reference, actual)
+    tolerance = exporter.tolerance(artifact.precision)
+    failures = tolerance.failures(comparison, float(np.abs(reference).max()))
+    result.update({
+        "passed": not failures, "failures": failures, "tolerance": tolerance.to_dict(),
+        "metrics": {out_info.name: comparison.to_dict()},
+    })
+    return result
+
+
+def _describe_validation(v: dict, seconds: float) -> str:
+    if v.get("metrics") is None:
+        return f"validation: not executed ({v.get('reason')}); structure checked only"
+    m = next(iter(v["metrics"].values()))
+    head = "validated" if v["passed"] else "VALIDATION FAILED"
+    how = "" if v["executed"] else f" [{v['method']}; not executed: {v['reason']}]"
+    return (f"{head} on {m['samples']} images in {seconds:.2f}s: max-abs {m['max_abs']:.2e}, "
+            f"cosine {m['cosine']:.6f}, top-1 agreement {m['top1_agreement']:.0%}{how}")
