@@ -137,6 +137,65 @@ def export_cmd(
         export_view.render_summary(manifest, console.out_console())
 
 
+@app.command("profile")
+def profile_cmd(
+    artifacts: list[Path] = typer.Argument(..., help="One or more artifacts (.onnx, .tflite, .mlpackage) to profile."),
+    runtime: str = typer.Option("auto", "--runtime", "-r", help="auto (from the suffix), onnxruntime, litert or coreml."),
+    threads: int = typer.Option(2, "--threads", help="Runtime threads (recorded in the report)."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing starts."),
+    runs: Optional[int] = typer.Option(None, "--runs", help="Timed runs (default 50, or as many as --min-time allows)."),
+    min_time: Optional[float] = typer.Option(None, "--min-time", help="Time for at least this many seconds instead."),
+    per_op: bool = typer.Option(False, "--per-op", help="Per-operator time, grouped by op type and model module."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Profile on a device over SSH: ssh://user@host[:port] (its Python and runtime)."
+    ),
+    device_python: str = typer.Option("python3", "--device-python", help="Python executable on the device."),
+    identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="SSH private key for --device."),
+    report: Optional[Path] = typer.Option(
+        None, "--report", help="Also write a report: FILE.json, FILE.md (pull-request comment) or FILE.html (plots)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
+) -> None:
+    """Measure load time, latency percentiles, throughput and peak memory of artifacts on their runtime."""
+    from edgehybrid.profiling import report as report_mod
+    from edgehybrid.profiling.local import profile_local, resolve_runtime
+
+    if runs is not None and min_time is not None:
+        from edgehybrid.errors import InputError
+
+        raise InputError("give either --runs or --min-time, not both")
+    if runs is None and min_time is None:
+        runs = 50
+    remote = None
+    if device is not None:
+        from edgehybrid.profiling.remote import parse_device, profile_remote
+
+        remote = parse_device(device)
+    profiles = []
+    for artifact in artifacts:
+        name = resolve_runtime(artifact, runtime, local=remote is None)
+        where = device or "this machine"
+        console.info(f"profiling {artifact} on {name} ({where}, {threads} threads)")
+        if remote is not None:
+            result = profile_remote(remote, artifact, name, threads, warmup, runs, min_time, per_op,
+                                    python=device_python, identity=identity)
+        else:
+            result = profile_local(artifact, name, threads, warmup, runs, min_time, per_op)
+        lat = result["latency_ms"]
+        console.info(f"  p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, peak RSS {result['memory']['peak_rss_mb']:.0f} MB")
+        profiles.append(result)
+    doc = report_mod.to_json(profiles)
+    if report is not None:
+        report_mod.write_report(doc, report)
+        console.info(f"wrote {report}")
+    if json_out:
+        console.print_json(doc)
+    else:
+        from edgehybrid import profile_view
+
+        profile_view.render(doc, console.out_console())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and ``python -m edgehybrid``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)

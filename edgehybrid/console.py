@@ -16,8 +16,13 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def out_console() -> Console:
-    """A console on the current stdout (made per call, so captured stdout in tests is honoured)."""
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    """A console on the current stdout (made per call, so captured stdout in tests is honoured).
+
+    Piped into a file or a CI log there is no terminal width to fit; rich would assume 80 columns and
+    squeeze wide tables into ellipses, so use a width that keeps every column readable.
+    """
+    wide = None if sys.stdout.isatty() else 160
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True, width=wide)
 
 
 def print_json(document) -> None:
