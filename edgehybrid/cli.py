@@ -22,7 +22,7 @@ EXIT_INTERNAL = 3
 app = typer.Typer(
     name="edgehybrid",
     help="Export hybrid attention + convolution vision models to ONNX, Core ML and TFLite, "
-    "quantize them to INT8, validate them against PyTorch and profile them.",
+    "validate them against PyTorch and profile them on their runtime.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
