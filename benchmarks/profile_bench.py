@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--runs", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=5, help="alternating bare/profiler rounds per artifact")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating bare/profiler rounds per artifact")
     args = ap.parse_args()
     if not Path("/usr/bin/time").exists():
         sys.exit("needs GNU time at /usr/bin/time (Debian package 'time')")
@@ -107,7 +107,7 @@ def main() -> None:
                     m = run_export(ExportRequest(model=name, target=target, out_dir=Path(tmp), weights="random"))
                     artifacts.append(Path(tmp) / Path(m["artifact"]).name)
         print(f"# profile trust benchmark: {args.threads} threads, warm-up {args.warmup}, {args.runs} runs, "
-              f"{args.rounds} alternating rounds (fastest round's p50 compared)\n")
+              f"{args.rounds} alternating fresh-process rounds (medians of round p50s)\n")
         print(f"{'artifact':28s} {'bare p50':>9s} {'profile p50':>12s} {'ratio':>7s} "
               f"{'probe peak MB':>14s} {'time -v MB':>11s} {'ratio':>7s}  verdict")
         for art in artifacts:
@@ -117,14 +117,13 @@ def main() -> None:
                 bares.append(bare_loop_fresh(art, rt, args.threads, args.warmup, args.runs))
                 profs.append(profile_local(art, rt, args.threads, args.warmup, args.runs, None, False)
                              ["latency_ms"]["p50"])
-            bare, p50 = min(bares), min(profs)
+            bare, p50 = statistics.median(bares), statistics.median(profs)
             probe_mb, timev_mb = time_v_peak_mb(art, rt, args.threads, args.warmup, args.runs)
             lat_ok = abs(p50 / bare - 1) <= 0.10
             mem_ok = abs(probe_mb / timev_mb - 1) <= 0.10
             verdict = "agree" if lat_ok and mem_ok else ("LATENCY DIFFERS" if not lat_ok else "MEMORY DIFFERS")
             # the spread of the rounds shows how noisy the machine was while measuring
-            spread = (f"medians bare {statistics.median(bares):.1f} / profiler {statistics.median(profs):.1f} ms; "
-                      f"ranges {min(bares):.1f}-{max(bares):.1f} / {min(profs):.1f}-{max(profs):.1f} ms")
+            spread = f"round p50 ranges: bare {min(bares):.1f}-{max(bares):.1f}, profiler {min(profs):.1f}-{max(profs):.1f} ms"
             print(f"{art.name:28s} {bare:9.2f} {p50:12.2f} {p50 / bare:7.3f} {probe_mb:14.1f} {timev_mb:11.1f} "
                   f"{probe_mb / timev_mb:7.3f}  {verdict} ({spread})")
 
