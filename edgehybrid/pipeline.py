@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.preprocess import find_images, load_batch, sample_images
+from calibration.preprocess import find_images, load_batch, normalize, sample_images
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import compare
 from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
@@ -94,10 +94,9 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     spec = loaded.spec
     log(f"loaded {spec.name} ({loaded.weights.kind}: {loaded.weights.source}) in {timings['load']:.2f}s")
 
-    pixels = load_batch(images, spec.preprocessing, normalized=False)
-    normalized = load_batch(images, spec.preprocessing, normalized=True)
+    pixels = load_batch(images, spec.preprocessing, normalized=False)  # decode once; normalize only if needed
     graph = NormalizeInGraph(loaded.model, spec.preprocessing).eval() if options.normalize_in_graph else loaded.model
-    feeds_nchw = pixels if options.normalize_in_graph else normalized
+    feeds_nchw = pixels if options.normalize_in_graph else normalize(pixels, spec.preprocessing)
     example = torch.from_numpy(_batched(feeds_nchw, options.batch)[0])
 
     stem = artifact_stem(req.model, options.precision)
