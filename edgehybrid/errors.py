@@ -12,7 +12,7 @@ import difflib
 import re
 from typing import Iterable
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 #: exit code for bad usage or input (unknown names, missing files, wrong shapes ...)
 EXIT_USAGE = 2
@@ -88,6 +88,6 @@ def suggest(name: str, choices: Iterable[str], n: int = 2) -> list[str]:
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's text, colour codes removed, for a one-line message."""
-    text = _ANSI.sub("", str(exc)).strip()
+    text = ANSI_ESCAPE.sub("", str(exc)).strip()
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return first[:limit]

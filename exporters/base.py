@@ -8,10 +8,15 @@ declares for each precision. Adding a target is one new file that calls :func:`r
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -126,3 +131,46 @@ def version_of(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "not installed"
+
+
+@contextlib.contextmanager
+def quiet_converter(loggers: Iterable[str] = (), level: int = logging.ERROR, redirect_fd: bool = True
+                    ) -> Iterator[None]:
+    """Keep a converter's chatter off stdout (the CLI's ``--json`` owns it) and its logs and warnings quiet.
+
+    Python prints go to stderr; with ``redirect_fd`` so do prints from C++ code, by pointing file descriptor
+    1 at 2 for the duration. The named loggers are raised to ``level``: a converter's real errors reach the
+    user as the exporter's one-line exception instead.
+    """
+    named = [logging.getLogger(n) for n in loggers]
+    levels = [lg.level for lg in named]
+    for lg in named:
+        lg.setLevel(level)
+    sys.stdout.flush()
+    saved_fd = None
+    if redirect_fd:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no real fd 1: Python-level only
+            saved_fd = os.dup(1)
+            os.dup2(2, 1)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved_fd is not None:
+            _flush_c_stdout()
+            sys.stdout.flush()
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        for lg, lvl in zip(named, levels):
+            lg.setLevel(lvl)
+
+
+def _flush_c_stdout() -> None:
+    # C stdio buffers what C++ wrote while fd 1 was stderr; flush it there, not after the fd is restored
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # noqa: BLE001  best effort: platforms without a C library handle
+        pass

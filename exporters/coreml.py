@@ -19,11 +19,9 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import re
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -31,13 +29,21 @@ import torch
 from torch import nn
 
 from edgehybrid.drift import Tolerance
-from edgehybrid.errors import EdgeHybridError, first_line
-from exporters.base import INPUT_NAME, OUTPUT_NAME, Artifact, ExportOptions, register, require, version_of
+from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
+from exporters.base import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Artifact,
+    ExportOptions,
+    quiet_converter,
+    register,
+    require,
+    version_of,
+)
 from models_zoo.registry import ModelSpec
 
 #: the lowest target that runs ML Programs (fp32 and fp16 alike); recorded in details
 DEPLOYMENT_TARGET = "iOS15"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _UNSUPPORTED = re.compile(r"Unsupported fx node (\w+)")
 _LAYER = re.compile(r'Layer "(\w+)", with type "(\w+)"')
 
@@ -205,7 +211,7 @@ def _converter_notes(ep) -> list[str]:
 
 def _conversion_error(exc: BaseException, ep, what: str) -> EdgeHybridError:
     """One line naming the op (and the module it came from) that coremltools could not convert."""
-    text = _ANSI.sub("", str(exc))
+    text = ANSI_ESCAPE.sub("", str(exc))
     unsupported = _UNSUPPORTED.search(text)
     if unsupported:
         op = unsupported.group(1)
@@ -291,27 +297,14 @@ def _import_coremltools(purpose: str = "Core ML export"):
     load _MLModelProxy" on Linux, torchao's missing-kernel lines): real problems surface as exceptions."""
     if "coremltools" in sys.modules:
         return sys.modules["coremltools"]
-    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.simplefilter("ignore")
-            return require("coremltools", "coreml", purpose)
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    with quiet_converter(_QUIET_LOGGERS, logging.CRITICAL, redirect_fd=False):
+        return require("coremltools", "coreml", purpose)
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Keep converter chatter off stdout (the CLI's --json owns it), progress bars off stderr, and
     coremltools' / torch.export's warnings and logs quiet for the duration."""
-    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     # coremltools draws tqdm bars in its torch frontend and pass pipeline; bind them to disable=True
     patched = []
     for modname, attr in (
@@ -322,21 +315,9 @@ def _quiet() -> Iterator[None]:
         if mod is not None and callable(getattr(mod, attr, None)):
             patched.append((mod, attr, getattr(mod, attr)))
             setattr(mod, attr, functools.partial(getattr(mod, attr), disable=True))
-    sys.stdout.flush()
-    saved_fd = None
-    with contextlib.suppress(OSError, ValueError):
-        saved_fd = os.dup(1)
-        os.dup2(2, 1)  # C++ prints (MIL passes, protobuf) go to stderr too
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.simplefilter("ignore")
+        with quiet_converter(_QUIET_LOGGERS, logging.ERROR):  # C++ prints (MIL passes, protobuf) too
             yield
     finally:
-        if saved_fd is not None:
-            sys.stdout.flush()
-            os.dup2(saved_fd, 1)
-            os.close(saved_fd)
         for mod, attr, original in patched:
             setattr(mod, attr, original)
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

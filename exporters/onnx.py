@@ -13,26 +13,24 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import re
-import sys
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from edgehybrid.drift import Tolerance
-from edgehybrid.errors import EdgeHybridError, first_line
+from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     Artifact,
     ExportOptions,
     TensorInfo,
+    quiet_converter,
     register,
     require,
     version_of,
@@ -47,7 +45,6 @@ DEFAULT_OPSET = 18
 #: protobuf refuses to serialize a message of 2 GiB or more; leave headroom for the graph itself
 _PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 2**27
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NO_FUNCTION = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
 _CALL_SITE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8"}
@@ -347,38 +344,17 @@ def _tensor_info(value, layout: str | None = None) -> TensorInfo:
 
 def _first_line(exc: BaseException) -> str:
     """Like :func:`first_line`, but prefers torch.onnx's "## Exception summary" line when there is one."""
-    for line in _ANSI.sub("", str(exc)).splitlines():
+    for line in ANSI_ESCAPE.sub("", str(exc)).splitlines():
         if line.startswith("<class ") and ">: " in line:
             return line.split(">: ", 1)[1][:300]
     return first_line(exc)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep converter chatter off stdout (the CLI's --json owns it) and torch.onnx's logs/warnings quiet.
+_QUIET_LOGGERS = (
+    "torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "onnxscript", "onnx_ir"
+)
 
-    Python prints go to stderr; so do C++ prints (fd 1 is pointed at fd 2 for the duration).
-    """
-    names = (
-        "torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "onnxscript", "onnx_ir"
-    )
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)  # their errors reach the user as our one-line exception
-    sys.stdout.flush()
-    saved_fd = None
-    with contextlib.suppress(OSError, ValueError):
-        saved_fd = os.dup(1)
-        os.dup2(2, 1)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if saved_fd is not None:
-            sys.stdout.flush()
-            os.dup2(saved_fd, 1)
-            os.close(saved_fd)
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+
+def _quiet():
+    """torch.onnx's and onnxscript's logs and prints kept off stdout for the duration."""
+    return quiet_converter(_QUIET_LOGGERS, logging.CRITICAL)

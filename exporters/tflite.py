@@ -21,9 +21,7 @@ import logging
 import math
 import os
 import re
-import sys
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import ClassVar
@@ -39,6 +37,7 @@ from exporters.base import (
     Artifact,
     ExportOptions,
     TensorInfo,
+    quiet_converter,
     register,
     require,
     version_of,
@@ -272,48 +271,20 @@ def _quiet():
     """Keep converter chatter off stdout (the CLI's --json owns it) and its warnings out of the log.
 
     litert-torch prints progress with rich (off with LITERT_TORCH_SHOW_PROGRESS=n), ai-edge-quantizer
-    prints a size report; C++ code may write to file descriptor 1 directly, so that is pointed at
-    stderr as well for the duration.
+    prints a size report; C++ code may write to file descriptor 1 directly, which quiet_converter points
+    at stderr as well for the duration.
     """
     old_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    # import-time notices ("Failed to load _C_mxfp8.so", a pytree deprecation) go through these loggers
-    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree", "absl")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    saved_fd = None
     try:
-        sys.stdout.flush()
-        saved_fd = os.dup(1)
-        os.dup2(2, 1)
-    except (OSError, ValueError, AttributeError):  # no real fd 1 (embedded, closed): Python-level redirect only
-        saved_fd = None
-    try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        # import-time notices ("Failed to load _C_mxfp8.so", a pytree deprecation) go through these loggers
+        with quiet_converter(("torchao", "torch.utils._pytree", "absl"), logging.ERROR):
             yield
     finally:
-        if saved_fd is not None:
-            _flush_c_stdout()
-            os.dup2(saved_fd, 1)
-            os.close(saved_fd)
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
         if old_env is None:
             os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
         else:
             os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old_env
-
-
-def _flush_c_stdout() -> None:
-    # C stdio buffers what C++ wrote while fd 1 was stderr; flush it there, not after the fd is restored
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except Exception:  # noqa: BLE001  best effort: platforms without a C library handle
-        pass
 
 
 def _explain(exc: Exception, wrapper: nn.Module, kwargs: dict) -> EdgeHybridError:
