@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models_zoo.layers import make_divisible
+from models_zoo.layers import Attention, Mlp, make_divisible
 from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, register
 
 # --------------------------------------------------------------------------------------------- convnets
@@ -194,39 +194,6 @@ def mobilenetv3_large_100(*, num_classes: int = 1000, input_size: tuple[int, int
 
 
 # ------------------------------------------------------------------------------------------ transformer
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention written as matmul + softmax, so every exporter sees the same plain ops."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        # (B, N, 3*H*D) -> (B, 3*H, N, D); split q/k/v along heads, keeping every tensor at rank 4.
-        qkv = self.qkv(x).reshape(B, N, 3 * self.num_heads, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split(self.num_heads, dim=1)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    """fc1 -> exact (erf) GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):

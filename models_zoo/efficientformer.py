@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models_zoo.layers import Mlp
 from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, register
 
 # (depths, widths, number of Meta3D (attention) blocks at the end of the last stage), per timm / the paper
@@ -148,19 +149,6 @@ class ConvMlpWithNorm(nn.Module):
 
     def forward(self, x):
         return self.norm2(self.fc2(self.act(self.norm1(self.fc1(x)))))
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear on tokens (timm's ``Mlp`` keys ``fc1``, ``fc2``)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class MetaBlock2d(nn.Module):

@@ -7,6 +7,7 @@ stays in its family file.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -43,3 +44,40 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over [B, N, C] tokens as plain matmul + softmax (timm's ``qkv``/``proj`` keys).
+
+    No ``F.scaled_dot_product_attention``: every exporter sees the same plain ops.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        # qkv features are ordered (q|k|v, head, head_dim); keep heads and q/k/v on one axis to stay rank 4
+        qkv = self.qkv(x).reshape(b, n, 3 * self.num_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split(self.num_heads, dim=1)  # each [B, heads, N, head_dim]
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    """Linear -> activation -> Linear on tokens (timm's ``Mlp`` keys ``fc1``, ``fc2``); exact GELU by default."""
+
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models_zoo.layers import ConvNormAct, make_divisible
+from models_zoo.layers import Attention, ConvNormAct, Mlp, make_divisible
 from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, register
 
 PATCH_SIZE = 2
@@ -86,40 +86,6 @@ class InvertedResidual(nn.Module):
         return out + x if self.has_skip else out
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention over [B, N, C] tokens, as plain matmul + softmax (timm's ``Attention``)."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        # qkv features are ordered (q|k|v, head, head_dim); keep heads and q/k/v on one axis to stay rank 4
-        qkv = self.qkv(x).reshape(b, n, 3 * self.num_heads, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split(self.num_heads, dim=1)  # each [B, heads, N, head_dim]
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(out)
-
-
-class Mlp(nn.Module):
-    """Linear -> SiLU -> Linear."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.SiLU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class TransformerBlock(nn.Module):
     """Pre-norm transformer encoder layer (timm's ViT ``Block`` without layer scale or drop-path)."""
 
@@ -128,7 +94,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=nn.SiLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
