@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgehybrid import __version__
+from models_zoo.weights import sha256_file
 
 SCHEMA_VERSION = 1
 
@@ -23,15 +24,11 @@ SCHEMA_VERSION = 1
 def artifact_digest(path: Path) -> tuple[str, int]:
     """sha256 and size of a file, or of a folder artifact (``.mlpackage``) over its sorted relative paths and bytes."""
     path = Path(path)
-    digest = hashlib.sha256()
     if path.is_file():
-        files = [path]
-    else:
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    size = 0
-    for f in files:
-        if path.is_dir():
-            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        return sha256_file(path), path.stat().st_size
+    digest, size = hashlib.sha256(), 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(path).as_posix().encode() + b"\0")
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgehybrid.errors import EdgeHybridError, UnknownNameError
+from edgehybrid.errors import EdgeHybridError, InputError, UnknownNameError
 
 _MODULES = {
     "onnxruntime": "edgehybrid.runtimes.onnxruntime",
@@ -41,6 +41,28 @@ class Runtime(Protocol):
     extra: str
 
     def load(self, artifact: Path, threads: int = 2) -> Session: ...
+
+
+def checked_feeds(kind: str, artifact: str, inputs: list, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` as arrays, after checking them against the artifact's input names and shapes.
+
+    ``kind`` and ``artifact`` name it in messages ("the ONNX model", "m.onnx"); a negative dimension in an
+    input's shape is dynamic and matches anything. Dtype handling is each runtime's own.
+    """
+    expected = [i.name for i in inputs]
+    if sorted(feeds) != sorted(expected):
+        raise InputError(f"{kind} {artifact} takes inputs {expected}, got {sorted(feeds)}")
+    arrays = {}
+    for info in inputs:
+        arr = np.asarray(feeds[info.name])
+        if arr.ndim != len(info.shape) or any(e >= 0 and e != g for e, g in zip(info.shape, arr.shape)):
+            layout = f" ({info.layout})" if info.layout else ""
+            raise InputError(
+                f"input {info.name!r} of {artifact} expects shape {tuple(info.shape)}{layout}, "
+                f"got {tuple(arr.shape)}"
+            )
+        arrays[info.name] = arr
+    return arrays
 
 
 def get_runtime(name: str) -> Runtime:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgehybrid.errors import EdgeHybridError, InputError
-from edgehybrid.runtimes import RuntimeUnavailable
+from edgehybrid.runtimes import RuntimeUnavailable, checked_feeds
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 _PLATFORMS = {"linux": "Linux", "win32": "Windows", "cygwin": "Windows (Cygwin)", "freebsd": "FreeBSD"}
@@ -66,19 +66,9 @@ class CoreMLSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Predict once; feeds are checked against the package's names and static shapes first."""
-        expected = [i.name for i in self.inputs]
-        if sorted(feeds) != sorted(expected):
-            raise InputError(f"the Core ML model {self.path.name} takes inputs {expected}, got {sorted(feeds)}")
-        arrays = {}
+        arrays = checked_feeds("the Core ML model", self.path.name, self.inputs, feeds)
         for info in self.inputs:
-            arr = np.asarray(feeds[info.name])
-            if tuple(arr.shape) != tuple(info.shape):
-                layout = f" ({info.layout})" if info.layout else ""
-                raise InputError(
-                    f"input {info.name!r} of {self.path.name} expects shape {tuple(info.shape)}{layout}, "
-                    f"got {tuple(arr.shape)}"
-                )
-            arrays[info.name] = np.ascontiguousarray(arr, dtype=info.dtype)
+            arrays[info.name] = np.ascontiguousarray(arrays[info.name], dtype=info.dtype)
         try:
             results = self._model.predict(arrays)
         except Exception as exc:  # noqa: BLE001 - a Core ML prediction failure, reported in one line

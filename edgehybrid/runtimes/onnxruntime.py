@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgehybrid.errors import EdgeHybridError, InputError
+from edgehybrid.runtimes import checked_feeds
 from exporters.base import TensorInfo, require
 
 # ONNX Runtime's type strings -> numpy dtype names (TensorInfo.dtype)
@@ -72,21 +73,11 @@ class OnnxSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; feeds are checked against the artifact's names and static shapes first."""
-        expected = [i.name for i in self.inputs]
-        if sorted(feeds) != sorted(expected):
-            raise InputError(f"the ONNX model {self.path.name} takes inputs {expected}, got {sorted(feeds)}")
-        arrays = {}
+        arrays = checked_feeds("the ONNX model", self.path.name, self.inputs, feeds)
         for info in self.inputs:
-            arr = np.asarray(feeds[info.name])
-            if arr.ndim != len(info.shape) or any(e >= 0 and e != g for e, g in zip(info.shape, arr.shape)):
-                layout = f" ({info.layout})" if info.layout else ""
-                raise InputError(
-                    f"input {info.name!r} of {self.path.name} expects shape {tuple(info.shape)}{layout}, "
-                    f"got {tuple(arr.shape)}"
-                )
             # ORT does not convert dtypes; a float64 or uint8 image is cast rather than refused
             dtype = info.dtype if info.dtype in _DTYPES.values() else None
-            arrays[info.name] = np.ascontiguousarray(arr, dtype=dtype)
+            arrays[info.name] = np.ascontiguousarray(arrays[info.name], dtype=dtype)
         try:
             results = self._session.run(None, arrays)
         except Exception as exc:  # noqa: BLE001 - an ORT kernel failure, reported in one line
