@@ -166,6 +166,8 @@ def profile_cmd(
         raise InputError("give either --runs or --min-time, not both")
     if runs is None and min_time is None:
         runs = 50
+    if report is not None:
+        report_mod.check_report_path(report)  # before minutes of profiling, not after
     remote = None
     if device is not None:
         from edgehybrid.profiling.remote import parse_device, profile_remote

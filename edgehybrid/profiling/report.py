@@ -310,12 +310,18 @@ def to_html(doc: dict) -> str:
             + "\n".join(parts) + "\n</body></html>\n")
 
 
+def check_report_path(path: Path) -> str:
+    """The report format (its suffix) for ``path``, or a one-line InputError; cheap, so callers check first."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise InputError(f"report file {str(path)!r} must end in {', '.join(_SUFFIXES[:-1])} or {_SUFFIXES[-1]}")
+    return suffix
+
+
 def write_report(doc: dict, path: Path) -> Path:
     """Write ``doc`` as JSON, Markdown or HTML, chosen by the file's suffix, atomically."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _SUFFIXES:
-        raise InputError(f"report file {str(path)!r} must end in {', '.join(_SUFFIXES[:-1])} or {_SUFFIXES[-1]}")
+    suffix = check_report_path(path)
     text = {".json": lambda: json.dumps(doc, indent=2) + "\n", ".md": lambda: to_markdown(doc),
             ".html": lambda: to_html(doc)}[suffix]()
     try:
