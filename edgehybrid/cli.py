@@ -114,19 +114,56 @@ def export_cmd(
         None, "--images", help="Folder of images to validate on (default: the bundled sample photos)."
     ),
     threads: int = typer.Option(2, "--threads", help="Runtime threads used for validation."),
+    int8: Optional[str] = typer.Option(
+        None, "--int8", metavar="[full|weights]",
+        help="Quantize to INT8: 'full' (default; int8 weights and activations, calibrated) or 'weights' "
+        "(int8 weights, float compute; Core ML).",
+    ),
+    calib: Optional[str] = typer.Option(
+        None, "--calib", help="Calibration data: a folder of images, a .npy/.npz of preprocessed tensors, or "
+        "'synthetic' (random; accuracy figures then mean little). Default: bundled photos.",
+    ),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibrate on a reproducible sample of N."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --calib-size sample."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="Activation ranges: minmax, percentile or histogram."),
+    sensitivity: bool = typer.Option(
+        False, "--sensitivity", help="Measure each layer's INT8 sensitivity; print and save the ranked table."
+    ),
+    max_drift: Optional[float] = typer.Option(
+        None, "--max-drift", help="Keep the most harmful layers in float until the logits' relative RMS error "
+        "against FP32 (held-out calibration samples) is at most this, e.g. 0.05.",
+    ),
+    float_layers: Optional[str] = typer.Option(
+        None, "--float-layers", help="Comma-separated layer names to keep in float (names as in the manifest)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document on stdout."),
 ) -> None:
     """Export MODEL to an ONNX, Core ML or TFLite artifact, validate it against PyTorch, write its manifest."""
+    from edgehybrid.errors import InputError
+    from edgehybrid.int8 import Int8Request
     from edgehybrid.pipeline import ExportRequest, run_export
     from exporters.base import ExportOptions
 
+    if fp16 and int8:
+        raise InputError("--fp16 and --int8 exclude each other; pick one precision")
+    if int8 is None and any(v is not None for v in (calib, calib_size, max_drift, float_layers)) or (
+            int8 is None and sensitivity):
+        raise InputError("--calib, --calib-size, --sensitivity, --max-drift and --float-layers apply to --int8; "
+                         "add --int8")
+    int8_request = None
+    if int8 is not None:
+        int8_request = Int8Request(
+            mode=int8, calib=calib, calib_size=calib_size, seed=seed, method=calib_method, sensitivity=sensitivity,
+            max_drift=max_drift, float_layers=tuple(x.strip() for x in (float_layers or "").split(",") if x.strip()),
+        )
+        int8_request.check()
     options = ExportOptions(
-        precision="fp16" if fp16 else "fp32", batch=batch, normalize_in_graph=normalize_in_graph,
-        channels_last=False if nchw else None,
+        precision="int8" if int8 else "fp16" if fp16 else "fp32", batch=batch, normalize_in_graph=normalize_in_graph,
+        channels_last=False if nchw else None, int8_mode=int8 or "full",
     )
     request = ExportRequest(
         model=model, target=target, out_dir=out, weights=weights, options=options, num_classes=num_classes,
-        input_size=input_size, images=images, threads=threads,
+        input_size=input_size, images=images, threads=threads, int8=int8_request, progress=console.progress,
     )
     manifest = run_export(request, log=console.info)
     if json_out:
@@ -198,9 +235,19 @@ def profile_cmd(
         profile_view.render(doc, console.out_console())
 
 
+def _int8_default(args: list[str]) -> list[str]:
+    """``--int8`` alone means ``--int8 full`` (click has no option with an optional value)."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--int8" and (i + 1 == len(args) or args[i + 1] not in ("full", "weights")):
+            out.append("full")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and ``python -m edgehybrid``; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _int8_default(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="edgehybrid", standalone_mode=False)

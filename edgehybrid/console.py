@@ -65,3 +65,24 @@ def route_warnings(debug: bool = False) -> None:
     if not debug:
         warnings.filterwarnings("ignore")
     warnings.filterwarnings("always", category=EdgeHybridWarning)
+
+
+def progress(total: int, label: str = "calibrating"):
+    """A progress bar on stderr for ``total`` items; returns ``advance(n)``. Quiet when stderr is no terminal."""
+    if not err.is_terminal:
+        return lambda _n: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                   transient=True)
+    task = bar.add_task(label, total=total)
+    bar.start()
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        bar.update(task, advance=n)
+        if done[0] >= total:
+            bar.stop()
+
+    return advance

@@ -36,7 +36,8 @@ def artifact_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings: dict) -> dict:
+def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings: dict,
+          quantization: dict | None = None) -> dict:
     spec = loaded.spec
     sha, size = artifact_digest(artifact.path)
     pre = spec.preprocessing.to_dict()
@@ -65,6 +66,8 @@ def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings:
         "classes": list(loaded.classes) if loaded.classes else None,
         "batch": req.options.batch,
         "validation": validation,
+        "quantization": quantization if quantization is not None else (
+            {"mode": "weights"} if artifact.precision == "int8" else None),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "versions": versions,
         "details": artifact.details,

@@ -22,8 +22,9 @@ from calibration.preprocess import find_images, load_batch, normalize, sample_im
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import compare
 from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
-from edgehybrid.fsutil import ensure_writable_dir, move_into_place, staging_dir, write_json_atomic
+from edgehybrid.fsutil import ensure_writable_dir, move_into_place, staging_dir, write_json_atomic, write_text_atomic
 from edgehybrid.runtimes import RuntimeUnavailable, get_runtime
+from edgehybrid.int8 import Int8Request, quantize_for_target, sensitivity_markdown
 from exporters.base import Artifact, ExportOptions, get_exporter
 from models_zoo import load_model
 from models_zoo.registry import Preprocessing
@@ -45,6 +46,8 @@ class ExportRequest:
     images: Path | None = None  # validation images; the bundled samples when None
     max_images: int = 8
     threads: int = 2
+    int8: Int8Request | None = None  # calibration and plan options when options.precision == "int8"
+    progress: Callable[[int], Callable[[int], None]] | None = field(default=None, compare=False)  # total -> advance
 
 
 class NormalizeInGraph(nn.Module):
@@ -84,6 +87,12 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     if options.batch < 1:
         raise InputError(f"--batch must be at least 1, got {options.batch}")
     exporter.check_available()  # before any work: a missing backend is a one-line answer, not a late crash
+    int8 = req.int8 or Int8Request(mode=options.int8_mode)
+    if options.precision == "int8":
+        int8.check()
+        if int8.mode not in exporter.int8_modes:
+            raise InputError(f"--int8 {int8.mode} is not available for {req.target}; it supports: "
+                             f"{', '.join(exporter.int8_modes)}")
     images = _validation_images(req)  # cheap input checks first: a typo costs no model load
     out_dir = ensure_writable_dir(req.out_dir)
 
@@ -98,6 +107,14 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     graph = NormalizeInGraph(loaded.model, spec.preprocessing).eval() if options.normalize_in_graph else loaded.model
     feeds_nchw = pixels if options.normalize_in_graph else normalize(pixels, spec.preprocessing)
     example = torch.from_numpy(_batched(feeds_nchw, options.batch)[0])
+    fp32_graph, quant = None, None
+    if options.precision == "int8" and int8.mode == "full":
+        t = time.perf_counter()
+        norm_example = torch.from_numpy(_batched(normalize(pixels, spec.preprocessing), options.batch)[0])
+        quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress)
+        timings["quantize"] = time.perf_counter() - t
+        fp32_graph = graph
+        graph = NormalizeInGraph(quant.graph, spec.preprocessing) if options.normalize_in_graph else quant.graph
 
     stem = artifact_stem(req.model, options.precision)
     final_path = out_dir / f"{stem}{exporter.suffix}"
@@ -111,14 +128,19 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
             + ", ".join(f"{k} {v:.2f}s" for k, v in artifact.timings_s.items()))
 
         t = time.perf_counter()
-        validation = validate(exporter, artifact, graph, feeds_nchw, options.batch, req.threads, images)
+        validation = validate(exporter, artifact, graph, feeds_nchw, options.batch, req.threads, images, fp32_graph)
         timings["validate"] = time.perf_counter() - t
         log(_describe_validation(validation, timings["validate"]))
 
         timings["total"] = time.perf_counter() - t_start
         manifest = manifest_mod.build(
-            req=req, loaded=loaded, artifact=artifact, final_path=final_path, validation=validation, timings=timings
+            req=req, loaded=loaded, artifact=artifact, final_path=final_path, validation=validation, timings=timings,
+            quantization=None if quant is None else quant.report,
         )
+        if quant is not None and quant.sensitivity:
+            table = final_path.with_name(final_path.name + ".sensitivity.md")
+            write_text_atomic(stage / table.name, sensitivity_markdown(req.model, quant.sensitivity,
+                                                                       quant.report["layers"]))
         if not validation["passed"]:
             raise CheckFailedError(
                 f"{req.target} artifact of {req.model} failed validation against PyTorch on output "
@@ -132,6 +154,9 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
             move_into_place(stage / external, final_path.with_name(external))
         move_into_place(staged, final_path)
         move_into_place(staged_manifest, manifest_path)
+        if quant is not None and quant.sensitivity:
+            move_into_place(stage / table.name, table)
+            log(f"wrote the sensitivity table {table.name}")
     log(f"wrote {final_path} ({manifest['size_bytes'] / 1e6:.2f} MB) and {manifest_path.name}")
     return manifest
 
@@ -157,8 +182,10 @@ def _batched(x: np.ndarray, batch: int) -> list[np.ndarray]:
 
 
 def validate(exporter, artifact: Artifact, graph: nn.Module, feeds_nchw: np.ndarray, batch: int, threads: int,
-             images: list[Path]) -> dict:
-    """Run the artifact on its runtime over the validation inputs and compare with the PyTorch graph."""
+             images: list[Path], fp32_graph: nn.Module | None = None) -> dict:
+    """Run the artifact on its runtime over the validation inputs and compare with the PyTorch graph (for
+    INT8, the quantized graph: the conversion is what is validated); with ``fp32_graph``, also report the
+    drift of the artifact against the FP32 model."""
     batches = _batched(feeds_nchw, batch)
     with torch.no_grad():
         reference = np.concatenate([graph(torch.from_numpy(b)).numpy() for b in batches])
@@ -188,6 +215,11 @@ def validate(exporter, artifact: Artifact, graph: nn.Module, feeds_nchw: np.ndar
         "passed": not failures, "failures": failures, "tolerance": tolerance.to_dict(),
         "metrics": {out_info.name: comparison.to_dict()},
     })
+    if fp32_graph is not None:
+        with torch.no_grad():
+            fp32 = np.concatenate([fp32_graph(torch.from_numpy(b)).numpy() for b in batches])
+        result["reference"] = "the quantized PyTorch graph (the same int8 plan, simulated)"
+        result["drift_vs_fp32"] = {out_info.name: compare(fp32, actual).to_dict()}
     return result
 
 

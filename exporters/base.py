@@ -25,6 +25,12 @@ from edgehybrid.drift import Tolerance
 from edgehybrid.errors import MissingBackendError, UnknownNameError
 from models_zoo.registry import ModelSpec
 
+#: an int8 artifact against the quantized PyTorch graph it was exported from. Both compute the same plan,
+#: but runtimes requantize in integer arithmetic (each fused op's output rounded once, sigmoid by lookup
+#: table), which moves values by about one quantization step per layer; a wrong scale, a dropped layer or a
+#: lost zero point gives cosine < 0.9. Figures measured per target are in tests/test_int8.py.
+INT8_TOLERANCE = Tolerance(atol=1e-3, rtol=0.5, min_cosine=0.98, min_top1_agreement=0.75)
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -33,7 +39,8 @@ OUTPUT_NAME = "logits"
 class ExportOptions:
     """What the user asked for, target-independent; each exporter honours what applies to it."""
 
-    precision: str = "fp32"  # "fp32" | "fp16"
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8"
+    int8_mode: str = "full"  # with int8: "full" (weights and activations) or "weights" (weight-only)
     batch: int = 1
     normalize_in_graph: bool = False
     # None: the target's convention (NHWC for TFLite, NCHW elsewhere); True/False forces it
@@ -76,6 +83,11 @@ class Exporter(Protocol):
     extra: ClassVar[str]  # the pip extra that brings its converter
     runtime: ClassVar[str]  # the runtime that validates it (edgehybrid.runtimes)
     precisions: ClassVar[tuple[str, ...]]
+    int8_modes: ClassVar[tuple[str, ...]]  # "full" and/or "weights"
+    # op kinds (calibration.quantize) this target runs in float even in an int8 layer, because its int8
+    # kernel measured slower than float plus the quantize/dequantize around it
+    float_kinds: ClassVar[tuple[str, ...]]
+    fold_quantize: ClassVar[bool]  # int8 weights stored folded (True) or as float + quantize (converter needs)
 
     def check_available(self) -> None:
         """Raise MissingBackendError naming the extra when the converter is not installed."""

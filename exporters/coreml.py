@@ -34,6 +34,7 @@ from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     Artifact,
+    INT8_TOLERANCE,
     ExportOptions,
     quiet_converter,
     register,
@@ -44,6 +45,20 @@ from models_zoo.registry import ModelSpec
 
 #: the lowest target that runs ML Programs (fp32 and fp16 alike); recorded in details
 DEPLOYMENT_TARGET = "iOS15"
+#: activation quantize/dequantize ops need iOS 17; int8 weights (constexpr_affine_dequantize) need iOS 16
+INT8_DEPLOYMENT_TARGETS = {"full": "iOS17", "weights": "iOS16"}
+
+
+def _deployment_target(options) -> str:
+    return INT8_DEPLOYMENT_TARGETS[options.int8_mode] if options.precision == "int8" else DEPLOYMENT_TARGET
+
+
+def _int8_weights(ct, mlmodel):
+    """Weight-only int8 (per-channel symmetric) with coremltools' optimize API; compute stays float."""
+    config = ct.optimize.coreml.OptimizationConfig(
+        global_config=ct.optimize.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                                 granularity="per_channel"))
+    return ct.optimize.coreml.linear_quantize_weights(mlmodel, config=config)
 _UNSUPPORTED = re.compile(r"Unsupported fx node (\w+)")
 _LAYER = re.compile(r'Layer "(\w+)", with type "(\w+)"')
 
@@ -56,7 +71,7 @@ class CoreMLExporter:
     suffix: ClassVar[str] = ".mlpackage"
     extra: ClassVar[str] = "coreml"
     runtime: ClassVar[str] = "coreml"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
 
     def check_available(self) -> None:
         """coremltools converts (on any OS); running needs macOS, which the runtime reports on its own."""
@@ -82,9 +97,15 @@ class CoreMLExporter:
             return Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999, min_top1_agreement=1.0)
         if precision == "fp16":
             return Tolerance(atol=1e-3, rtol=3e-2, min_cosine=0.999, min_top1_agreement=1.0)
+        if precision == "int8":
+            return INT8_TOLERANCE
         raise EdgeHybridError(
             f"Core ML export has no precision {precision!r}; choose one of: {', '.join(self.precisions)}"
         )
+
+    int8_modes: ClassVar[tuple[str, ...]] = ("full", "weights")
+    float_kinds: ClassVar[tuple[str, ...]] = ()
+    fold_quantize: ClassVar[bool] = True
 
     def reference_session(self, path: Path):
         """Where Core ML cannot run: a Session-shaped MIL reference evaluation of the saved package, whose
@@ -121,7 +142,7 @@ class CoreMLExporter:
                 mlmodel = ct.convert(
                     ep,
                     convert_to="mlprogram",
-                    minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+                    minimum_deployment_target=getattr(ct.target, _deployment_target(options)),
                     compute_precision=precision,
                     # dtype on both ends keeps float32 I/O in fp16 programs (iOS16+ would default to fp16 I/O)
                     inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)],
@@ -131,6 +152,10 @@ class CoreMLExporter:
             except Exception as exc:  # noqa: BLE001 - translated into one actionable line
                 raise _conversion_error(exc, ep, what) from exc
             timings["convert"] = time.perf_counter() - t
+            if options.precision == "int8" and options.int8_mode == "weights":
+                t = time.perf_counter()
+                mlmodel = _int8_weights(ct, mlmodel)
+                timings["quantize"] = time.perf_counter() - t
 
             _annotate(mlmodel, spec, options, example)
             t = time.perf_counter()
@@ -152,7 +177,7 @@ class CoreMLExporter:
         details = {
             "format": "mlprogram",
             "source": "torch.export ExportedProgram (run_decompositions({}))",
-            "minimum_deployment_target": DEPLOYMENT_TARGET,
+            "minimum_deployment_target": _deployment_target(options),
             "deployment_target": info["deployment_target"],
             "spec_version": info["spec_version"],
             "mil_opset": info["mil_opset"],

@@ -430,7 +430,38 @@ def _matmul(op, g):
     return x @ y  # torch broadcasts batch dims as MIL (numpy) matmul does
 
 
+def _along(param, axis, ndim: int) -> np.ndarray:
+    """A per-tensor (scalar) or per-axis (vector) quantization parameter shaped to broadcast."""
+    p = np.asarray(param, dtype=np.float32)
+    if p.ndim == 0 or p.size == 1 or axis is None:
+        return p.reshape(()) if p.size == 1 else p
+    shape = [1] * ndim
+    shape[int(axis) % ndim] = -1
+    return p.reshape(shape)
+
+
+def _dequantize(op, g, data: str):
+    q = np.asarray(g(data))
+    zp, scale, axis = g("zero_point"), g("scale"), g("axis")
+    zp = 0 if zp is None else _along(zp, axis, q.ndim)
+    return (q.astype(np.float32) - zp) * _along(scale, axis, q.ndim)
+
+
+def _quantize(op, g):
+    """iOS17 ``quantize``: round half to even, as Core ML and numpy do, then clamp to the integer type."""
+    x = np.asarray(g("input"), dtype=np.float32)
+    zp, scale, axis = g("zero_point"), g("scale"), g("axis")
+    dtype = np.int8 if str(g("output_dtype")) == "int8" else np.uint8
+    zp = 0 if zp is None else _along(zp, axis, x.ndim)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / _along(scale, axis, x.ndim)) + zp, info.min, info.max).astype(dtype)
+
+
 _KERNELS = {
+    # int8: weight-only (iOS16 constexpr) and activation quantize / dequantize pairs (iOS17)
+    "constexpr_affine_dequantize": lambda op, g: _dequantize(op, g, "quantized_data"),
+    "dequantize": lambda op, g: _dequantize(op, g, "input"),
+    "quantize": _quantize,
     "conv": _conv,
     "conv_transpose": _conv_transpose,
     "avg_pool": lambda op, g: _pool(op, g, "avg"),

@@ -35,6 +35,7 @@ from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     Artifact,
+    INT8_TOLERANCE,
     ExportOptions,
     TensorInfo,
     quiet_converter,
@@ -83,7 +84,10 @@ class TFLiteExporter:
     suffix: ClassVar[str] = ".tflite"
     extra: ClassVar[str] = "tflite"
     runtime: ClassVar[str] = "litert"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    int8_modes: ClassVar[tuple[str, ...]] = ("full",)
+    float_kinds: ClassVar[tuple[str, ...]] = ()  # LiteRT has int8 kernels for every kind the plan quantizes
+    fold_quantize: ClassVar[bool] = False  # litert-torch lowers float weights + quantize, not folded int8
 
     def check_available(self) -> None:
         """Fail with the extra to install when litert-torch or the LiteRT interpreter is missing."""
@@ -96,7 +100,7 @@ class TFLiteExporter:
         """The measured bound for ``precision`` (see the constants above for the figures behind it)."""
         if precision not in self.precisions:
             raise EdgeHybridError(f"TFLite export supports precisions {', '.join(self.precisions)}, not {precision!r}")
-        return _FP32 if precision == "fp32" else _FP16
+        return {"fp32": _FP32, "fp16": _FP16, "int8": INT8_TOLERANCE}[precision]
 
     def export(
         self, model: nn.Module, example: torch.Tensor, spec: ModelSpec, options: ExportOptions, out: Path
@@ -118,7 +122,8 @@ class TFLiteExporter:
         t = time.perf_counter()
         try:
             with _quiet():
-                edge_model = litert_torch.convert(wrapper, sample_kwargs={INPUT_NAME: sample})
+                edge_model = litert_torch.convert(wrapper, sample_kwargs={INPUT_NAME: sample},
+                                                  quant_config=_static_int8() if options.precision == "int8" else None)
                 flatbuffer = bytes(edge_model.model_content())
         except EdgeHybridError:
             raise
@@ -135,6 +140,9 @@ class TFLiteExporter:
                 "float16 weights (conv, depthwise conv, fully connected) with DEQUANTIZE; float32 activations"
             )
 
+        if options.precision == "int8":
+            details["quantization"] = ("full int8 (edgehybrid's calibrated plan): int8 weights and activations, "
+                                       "float32 input and output with QUANTIZE / DEQUANTIZE at the edges")
         t = time.perf_counter()
         out = Path(out)
         out.write_bytes(flatbuffer)
@@ -150,7 +158,7 @@ class TFLiteExporter:
                 f"(found {sorted(info['signatures'])}); this litert-torch version is not supported"
             )
         layout = "NHWC" if nhwc else "NCHW"
-        inputs = [TensorInfo(i.name, i.shape, i.dtype, layout) for i in sig["inputs"]]
+        inputs = [TensorInfo(i.name, i.shape, i.dtype, layout, i.scale, i.zero_point) for i in sig["inputs"]]
         details.update(
             signatures=sorted(info["signatures"]),
             nhwc=nhwc,
@@ -176,6 +184,16 @@ class TFLiteExporter:
             details=details,
             timings_s={k: round(v, 4) for k, v in timings.items()},
         )
+
+
+def _static_int8():
+    """litert-torch's switch for lowering a PT2E graph's quantize/dequantize pairs into int8 kernels.
+    The graph is already quantized by edgehybrid's plan; litert-torch reads only the mode (static) from the
+    quantizer it is given, so its own default config is passed just to say "static"."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    return QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
 
 
 def _fp16_weights(flatbuffer: bytes, extra: str) -> bytes:

@@ -60,8 +60,19 @@ def _info(detail: dict, name: str, image: bool) -> TensorInfo:
     )
 
 
+def _dequantized(array: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """An int8 output as the real values it stands for (float32); float outputs unchanged."""
+    if info.scale is None or array.dtype.kind == "f":
+        return array
+    return ((array.astype(np.float32) - info.zero_point) * np.float32(info.scale)).astype(np.float32)
+
+
 class LiteRTSession:
-    """One loaded ``.tflite`` model; ``run({name: array}) -> {name: array}``."""
+    """One loaded ``.tflite`` model; ``run({name: array}) -> {name: array}``.
+
+    A full-integer model (int8 input and output) takes float inputs, quantized with the input's scale and
+    zero point (raw integer arrays pass through), and returns its outputs dequantized to float32.
+    """
 
     def __init__(self, path: Path, threads: int = 2):
         interpreter_cls, self.backend = _interpreter_class()
@@ -111,7 +122,12 @@ class LiteRTSession:
                     f"got {list(array.shape)}"
                 )
             want = np.dtype(info.dtype)
-            if array.dtype != want:
+            if info.scale is not None and array.dtype.kind == "f":
+                # a full-integer model: float values are quantized with the input's own scale / zero point
+                info_range = np.iinfo(want)
+                array = np.clip(np.round(array / info.scale) + info.zero_point, info_range.min,
+                                info_range.max).astype(want)
+            elif array.dtype != want:
                 # float64 -> float32 is what callers mean; anything that changes kind is a mistake
                 if array.dtype.kind != want.kind and not (array.dtype.kind in "iu" and want.kind in "iu"):
                     raise InputError(f"input {name!r} must be {info.dtype}, got {array.dtype.name}")
@@ -120,11 +136,11 @@ class LiteRTSession:
         try:
             if self._runner is not None:
                 outs = self._runner(**arrays)
-                return {o.name: np.asarray(outs[o.name]) for o in self.outputs}
+                return {o.name: _dequantized(np.asarray(outs[o.name]), o) for o in self.outputs}
             for name, array in arrays.items():
                 self._interpreter.set_tensor(self._in_index[name], array)
             self._interpreter.invoke()
-            return {o.name: self._interpreter.get_tensor(self._out_index[o.name]) for o in self.outputs}
+            return {o.name: _dequantized(self._interpreter.get_tensor(self._out_index[o.name]), o) for o in self.outputs}
         except (ValueError, RuntimeError) as exc:
             raise EdgeHybridError(f"LiteRT failed to run {self.path.name!r}: {' '.join(str(exc).split())}") from exc
 

@@ -1,0 +1,147 @@
+"""INT8 vs FP32, side by side in one run, on the same runtime and thread count.
+
+For each model: our FP32 and INT8 ONNX artifacts and the naive ONNX Runtime ``quantize_static`` (QDQ,
+per-channel, int8/int8 defaults, calibrated on the same images) on ONNX Runtime; our FP32 and INT8 TFLite
+artifacts and litert-torch's default full-int8 PT2E recipe on LiteRT. Latency is the median over several
+alternating rounds (each round: every artifact, warm-up then timed runs), because ONNX Runtime's latency
+on small VMs settles per process into one of two levels. Drift: each INT8 artifact against FP32 on held-out
+real photos (the bundled validation samples; calibration uses the separate bundled calibration photos).
+
+    python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1] [--threads 2] [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore")
+
+from calibration.preprocess import find_images, load_batch, sample_images  # noqa: E402
+from calibration.sources import CALIB_DIR  # noqa: E402
+from edgehybrid.drift import compare  # noqa: E402
+from edgehybrid.pipeline import ExportRequest, run_export  # noqa: E402
+from edgehybrid.runtimes import get_runtime  # noqa: E402
+from exporters.base import ExportOptions  # noqa: E402
+from models_zoo import load_model  # noqa: E402
+
+
+def naive_ort(fp32: Path, calib: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    return out
+
+
+def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -> Path:
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    class NHWC(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input):  # noqa: A002
+            return {"logits": self.m(input.permute(0, 3, 1, 2))}
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    nhwc = example.permute(0, 2, 3, 1).contiguous()
+    gm = torch.export.export(NHWC(model).eval(), (nhwc,)).module()
+    prepared = prepare_pt2e(gm, quantizer)
+    with torch.no_grad():
+        for i in range(len(calib)):
+            prepared(torch.from_numpy(calib[i:i + 1]).permute(0, 2, 3, 1).contiguous())
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    edge = litert_torch.convert(converted, (nhwc,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    edge.export(str(out))
+    return out
+
+
+def latency(sessions: dict, feeds: dict, runs: int, rounds: int) -> dict[str, float]:
+    medians = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for name, (session, feed) in sessions.items():
+            for _ in range(5):
+                session.run(feed)
+            ts = []
+            for _ in range(runs):
+                t = time.perf_counter_ns()
+                session.run(feed)
+                ts.append((time.perf_counter_ns() - t) / 1e6)
+            medians[name].append(float(np.median(ts)))
+    return {k: float(np.median(v)) for k, v in medians.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["mobilevit_s", "efficientformer_l1"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--calib-size", type=int, default=32)
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in args.models:
+            arts = {}
+            for target in ("onnx", "tflite"):
+                for precision in ("fp32", "int8"):
+                    from edgehybrid.int8 import Int8Request
+
+                    req = ExportRequest(model=name, target=target, out_dir=tmp / name, weights="random",
+                                        options=ExportOptions(precision=precision), threads=args.threads,
+                                        int8=Int8Request(calib_size=args.calib_size) if precision == "int8" else None)
+                    m = run_export(req)
+                    arts[(target, precision)] = Path(m["artifact"])
+            loaded = load_model(name, weights="random")
+            spec = loaded.spec
+            calib = load_batch(find_images(CALIB_DIR)[: args.calib_size], spec.preprocessing)
+            held_out = load_batch(sample_images(), spec.preprocessing)
+            arts[("onnx", "naive")] = naive_ort(arts[("onnx", "fp32")], calib, tmp / f"{name}_naive.onnx")
+            arts[("tflite", "litert-default")] = litert_default(loaded.model, torch.from_numpy(held_out[:1]), calib,
+                                                                 tmp / f"{name}_litert_default.tflite")
+            sessions, outputs = {}, {}
+            for (target, kind), path in arts.items():
+                rt = get_runtime("onnxruntime" if target == "onnx" else "litert")
+                session = rt.load(path, threads=args.threads)
+                nhwc = target == "tflite"
+                x = held_out.transpose(0, 2, 3, 1) if nhwc else held_out
+                feed_name = session.inputs[0].name  # litert-torch's default recipe names its input args_0
+                outputs[(target, kind)] = np.concatenate(
+                    [next(iter(session.run({feed_name: np.ascontiguousarray(x[i:i + 1])}).values()))
+                     for i in range(len(x))])
+                sessions[(target, kind)] = (session, {feed_name: np.ascontiguousarray(x[:1])})
+            lat = latency(sessions, None, args.runs, args.rounds)
+            for (target, kind), ms in lat.items():
+                base = lat[(target, "fp32")]
+                c = compare(outputs[(target, "fp32")], outputs[(target, kind)])
+                rows.append((name, target, kind, ms, base / ms, c.top1_agreement, c.cosine))
+    print(f"# INT8 benchmark: {args.threads} threads, median of {args.rounds} alternating rounds x {args.runs} runs; "
+          "drift vs the same runtime's FP32 on 8 held-out photos (random weights)")
+    print(f"{'model':20s} {'runtime':12s} {'artifact':16s} {'p50 ms':>8s} {'vs fp32':>8s} {'top-1 agr':>10s} {'cosine':>9s}")
+    for name, target, kind, ms, speed, agree, cos in rows:
+        rt = "onnxruntime" if target == "onnx" else "litert"
+        print(f"{name:20s} {rt:12s} {kind:16s} {ms:8.2f} {speed:7.2f}x {agree:9.0%} {cos:9.4f}")
+
+
+if __name__ == "__main__":
+    main()

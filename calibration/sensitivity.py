@@ -1,0 +1,142 @@
+"""Per-layer sensitivity and the drift-budget search, measured on held-out calibration samples.
+
+Both run on one copy of the calibrated graph whose observers are swapped for switchable fake-quantizers
+using the calibrated ranges, so trying a plan costs one forward pass over the held-out samples, not a new
+calibration. Which edges a plan quantizes follows the same rule as :func:`calibration.quantize.finalize`.
+
+* sensitivity: each layer alone in int8 (everything else float); its output SQNR against FP32 (higher is
+  better; the lowest are the layers INT8 hurts most);
+* the drift budget: start from the full plan; while the drift (relative RMS error of the logits against
+  FP32 = 10^(-SQNR/20)) exceeds the budget, move to float the layer with the most error per unit of int8
+  speed it would give up (its share of the model's MACs, plus a floor for the quantize/dequantize pair a
+  float island adds), and measure again.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from calibration.quantize import Calibrated, int8_nodes, keep_edge, observer_edge
+from edgehybrid.drift import compare
+
+#: a float island still pays for a quantize/dequantize pair: cost floor, as a share of the model's MACs
+_ISLAND_COST = 0.01
+
+
+class _Switch(nn.Module):
+    """Fake-quantizes with a calibrated observer's parameters when ``enabled``; identity otherwise."""
+
+    def __init__(self, observer: nn.Module):
+        super().__init__()
+        scale, zero_point = observer.calculate_qparams()
+        self.register_buffer("scale", scale.float().reshape(-1))
+        self.register_buffer("zero_point", zero_point.int().reshape(-1))
+        self.per_channel = observer.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+        self.axis = getattr(observer, "ch_axis", 0)
+        self.qmin, self.qmax = observer.quant_min, observer.quant_max
+        self.enabled = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.axis,
+                                                          self.qmin, self.qmax)
+        return torch.fake_quantize_per_tensor_affine(x, float(self.scale[0]), int(self.zero_point[0]),
+                                                     self.qmin, self.qmax)
+
+
+@dataclass
+class Simulator:
+    """The calibrated graph with switchable fake-quantizers: :meth:`drift` of any plan in one pass."""
+
+    cal: Calibrated
+    held_out: torch.Tensor
+    float_kinds: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.graph = copy.deepcopy(self.cal.prepared)
+        self.edges: dict[str, tuple[set[str], set[str]]] = {}
+        for node in self.graph.graph.nodes:
+            edge = observer_edge(node)
+            if edge is not None:
+                self.edges[node.target] = edge
+        for name in self.edges:
+            setattr(self.graph, name, _Switch(getattr(self.graph, name)))
+        self.reference = self._run(set(), set())
+
+    def _run(self, int8: set[str], skipped: set[str]) -> torch.Tensor:
+        for name, (producers, consumers) in self.edges.items():
+            getattr(self.graph, name).enabled = keep_edge(producers, consumers, int8, skipped)
+        with torch.no_grad():
+            return torch.cat([self.graph(self.held_out[i:i + self.batch]) for i in
+                              range(0, len(self.held_out) - self.batch + 1, self.batch)])
+
+    @property
+    def batch(self) -> int:
+        return self.cal.batch_size
+
+    def sqnr(self, int8: set[str]) -> float:
+        """Output SQNR (dB) of the plan running ``int8`` nodes in int8, against FP32."""
+        skipped = int8_nodes(self.cal.layers) - int8
+        out = self._run(int8, skipped)
+        return compare(self.reference.numpy(), out.numpy()).sqnr_db
+
+    def plan_sqnr(self) -> float:
+        return self.sqnr(int8_nodes(self.cal.layers, self.float_kinds))
+
+    def layer_sensitivity(self) -> dict[str, float]:
+        """Each layer alone in int8 (the target's float kinds stay float): output SQNR in dB."""
+        out = {}
+        for name, layer in self.cal.layers.items():
+            nodes = {n for n, k in zip(layer.nodes, layer.kinds) if k not in self.float_kinds}
+            out[name] = self.sqnr(nodes) if nodes else math.inf
+        return out
+
+
+def drift_of(sqnr_db: float) -> float:
+    """Relative RMS error of the logits for an SQNR in dB."""
+    return 0.0 if math.isinf(sqnr_db) else 10 ** (-sqnr_db / 20)
+
+
+def measure_sensitivity(sim: Simulator) -> list[tuple[str, float]]:
+    """Rank layers, most harmful first, and record the figure on each plan entry."""
+    sens = sim.layer_sensitivity()
+    for name, value in sens.items():
+        sim.cal.layers[name].sensitivity_sqnr_db = None if math.isinf(value) else round(value, 2)
+    return sorted(sens.items(), key=lambda kv: kv[1])
+
+
+def meet_budget(sim: Simulator, max_drift: float, max_steps: int = 64) -> list[dict]:
+    """Move layers to float until the plan's drift is within ``max_drift``; returns the steps taken."""
+    layers = sim.cal.layers
+    if any(layer.sensitivity_sqnr_db is None and layer.precision == "int8" for layer in layers.values()):
+        measure_sensitivity(sim)
+    total_macs = sum(layer.macs for layer in layers.values()) or 1
+    steps = []
+    for _ in range(max_steps):
+        current = drift_of(sim.plan_sqnr())
+        if current <= max_drift:
+            break
+        candidates = [layer for layer in layers.values()
+                      if layer.precision == "int8" and layer.sensitivity_sqnr_db is not None]
+        if not candidates:
+            break
+
+        def priority(layer):
+            noise = 10 ** (-layer.sensitivity_sqnr_db / 10)
+            return noise / (layer.macs / total_macs + _ISLAND_COST)
+
+        worst = max(candidates, key=priority)
+        worst.precision = "float"
+        worst.reason = (f"kept in float to meet --max-drift {max_drift:g}: alone in int8 its output SQNR is "
+                        f"{worst.sensitivity_sqnr_db:.1f} dB; plan drift was {current:.4f} before")
+        steps.append({"layer": worst.name, "drift_before": round(current, 5),
+                      "sensitivity_sqnr_db": worst.sensitivity_sqnr_db,
+                      "macs_share": round(worst.macs / total_macs, 4)})
+    return steps

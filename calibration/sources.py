@@ -1,0 +1,200 @@
+"""Where calibration tensors come from: an image folder, a ``.npy`` / ``.npz`` of preprocessed tensors,
+the photos bundled with the package, or (only when asked) random data.
+
+A source is small on purpose (ONNX Runtime's calibration reader is one method; ours is an iterable with a
+length): it yields preprocessed float32 batches ``(n, 3, H, W)`` one at a time, decoding each image only
+when its batch is due, so peak memory depends on the batch size and not on the number of images.
+``.npy`` files are memory-mapped for the same reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from calibration.preprocess import IMAGE_SUFFIXES, find_images, load_pixels, normalize
+from edgehybrid.errors import EdgeHybridWarning, InputError
+from models_zoo.registry import Preprocessing
+
+CALIB_DIR = Path(__file__).resolve().parents[1] / "edgehybrid" / "data" / "calibration"
+SYNTHETIC = "synthetic"
+#: below this many readable images, activation ranges are guesses; refuse rather than quantize on them
+MIN_IMAGES = 4
+DEFAULT_SIZE = 128
+
+
+class CalibrationSource(Protocol):
+    """A finite stream of preprocessed batches for one model's input."""
+
+    description: str
+
+    def __len__(self) -> int:
+        """How many samples the stream yields in total."""
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Float32 ``(n, 3, H, W)`` batches, ``n <= batch_size``, the same ones on every call."""
+
+
+@dataclass
+class ImageFolderSource:
+    """Image files decoded lazily; unreadable ones are skipped and counted in :attr:`skipped`."""
+
+    paths: list[Path]
+    pre: Preprocessing
+    description: str
+    skipped: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        self.skipped = []
+        good = 0
+        chunk: list[np.ndarray] = []
+        for path in self.paths:
+            try:
+                chunk.append(load_pixels(path, self.pre))
+            except InputError:
+                self.skipped.append(path.name)
+                continue
+            good += 1
+            if len(chunk) == batch_size:
+                yield torch.from_numpy(normalize(np.stack(chunk), self.pre))
+                chunk = []
+        if chunk:
+            yield torch.from_numpy(normalize(np.stack(chunk), self.pre))
+        if good < min(MIN_IMAGES, len(self.paths)):
+            raise InputError(
+                f"only {good} of {len(self.paths)} calibration images in {self.description} could be read "
+                f"({len(self.skipped)} unreadable, e.g. {self.skipped[0]!r}); calibration needs at least "
+                f"{MIN_IMAGES}: add readable JPEG/PNG/WebP/BMP images"
+            )
+
+
+@dataclass
+class ArraySource:
+    """Already-preprocessed tensors from a ``.npy`` (memory-mapped) or one array of a ``.npz``."""
+
+    array: np.ndarray
+    description: str
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for i in range(0, len(self), batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(self.array[i : i + batch_size], dtype=np.float32))
+
+
+@dataclass
+class SyntheticSource:
+    """Seeded standard-normal tensors: exercises the pipeline, says nothing about accuracy."""
+
+    shape: tuple[int, int, int]
+    count: int
+    seed: int
+    description: str = "synthetic random tensors"
+
+    def __len__(self) -> int:
+        return self.count
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        for i in range(0, self.count, batch_size):
+            yield torch.randn((min(batch_size, self.count - i), *self.shape), generator=gen)
+
+
+def open_source(
+    calib: str | Path | None,
+    pre: Preprocessing,
+    input_shape: tuple[int, int, int],
+    size: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> CalibrationSource:
+    """The calibration source for ``--calib`` (None: the bundled photos), sampled to ``size`` with ``seed``.
+
+    ``input_shape`` is the model's (3, H, W); array sources must match it exactly.
+    """
+    if size is not None and size < 1:
+        raise InputError(f"--calib-size must be at least 1, got {size}")
+    if calib is None:
+        paths = find_images(CALIB_DIR)
+        if not paths:
+            raise InputError("the bundled calibration images are missing from the installed package; "
+                             "reinstall edgehybrid or pass --calib DIR")
+        paths = _sample(paths, size, seed)
+        log(f"calibrating on {len(paths)} bundled photos (no --calib given; pass --calib DIR with images "
+            "from your own domain for the best accuracy)")
+        return ImageFolderSource(paths, pre, f"the bundled calibration photos ({CALIB_DIR})")
+    if str(calib) == SYNTHETIC:
+        warnings.warn("calibrating on random data (--calib synthetic): activation ranges and every accuracy "
+                      "figure of this INT8 model mean little; use real images for a model you ship",
+                      EdgeHybridWarning, stacklevel=2)
+        return SyntheticSource(input_shape, size or 32, seed)
+    path = Path(calib)
+    if not path.exists():
+        raise InputError(f"calibration data {str(path)!r} does not exist; pass a folder of images or a .npy/.npz")
+    if path.is_dir():
+        paths = find_images(path)
+        if not paths:
+            raise InputError(f"no images in calibration folder {str(path)!r} (searched recursively for "
+                             f"{', '.join(IMAGE_SUFFIXES)}); add images or point --calib elsewhere")
+        return ImageFolderSource(_sample(paths, size or DEFAULT_SIZE, seed), pre, f"{str(path)!r}")
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        array = _load_array(path)
+        _check_shape(array, input_shape, path)
+        if size is not None and size < len(array):
+            idx = np.sort(np.random.default_rng(seed).choice(len(array), size, replace=False))
+            array = array[idx]
+        return ArraySource(array, f"{str(path)!r}")
+    if suffix in IMAGE_SUFFIXES:
+        raise InputError(f"--calib {str(path)!r} is a single image; pass the folder that holds your "
+                         f"calibration images (at least {MIN_IMAGES})")
+    raise InputError(f"cannot calibrate from {str(path)!r}: pass a folder of images, a .npy or a .npz of "
+                     "preprocessed (N, 3, H, W) float32 tensors, or 'synthetic'")
+
+
+def _sample(paths: list[Path], size: int | None, seed: int) -> list[Path]:
+    """A reproducible subset (in file order, so decoding order does not depend on the seed's draw)."""
+    if size is None or size >= len(paths):
+        return paths
+    idx = np.sort(np.random.default_rng(seed).choice(len(paths), size, replace=False))
+    return [paths[i] for i in idx]
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.keys())
+            if not keys:
+                raise InputError(f"calibration file {str(path)!r} holds no arrays")
+            if len(keys) > 1 and "input" not in keys:
+                raise InputError(f"calibration file {str(path)!r} holds several arrays ({', '.join(keys[:5])}); "
+                                 "name the one to use 'input'")
+            return npz["input" if "input" in keys else keys[0]]
+    except InputError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"cannot read calibration file {str(path)!r}: {exc}; is it a valid "
+                         f"{path.suffix.lower()} written by numpy?") from exc
+
+
+def _check_shape(array: np.ndarray, input_shape: tuple[int, int, int], path: Path) -> None:
+    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(input_shape):
+        raise InputError(f"calibration tensors in {str(path)!r} have shape {tuple(array.shape)}, the model takes "
+                         f"(N, {', '.join(map(str, input_shape))}); save preprocessed NCHW batches of that size")
+    if len(array) == 0:
+        raise InputError(f"calibration file {str(path)!r} holds zero samples")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"calibration tensors in {str(path)!r} are {array.dtype}, expected float32 "
+                         "preprocessed (normalized) tensors")

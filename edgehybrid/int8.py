@@ -1,0 +1,134 @@
+"""The INT8 step of an export: calibration source -> calibrated plan -> (sensitivity, drift budget) ->
+the quantized graph for one target, plus the report the manifest carries.
+
+One calibration serves every target; a target only chooses which op kinds it runs in float because its
+int8 kernel is slower (``Exporter.float_kinds``) and whether quantized weights stay folded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from calibration.quantize import apply_float_layers, calibrate, capture, finalize
+from calibration.sensitivity import Simulator, drift_of, measure_sensitivity, meet_budget
+from calibration.sources import open_source
+from edgehybrid.errors import InputError
+from models_zoo.registry import ModelSpec
+
+INT8_MODES = ("full", "weights")
+
+
+@dataclass(frozen=True)
+class Int8Request:
+    """What ``--int8`` and its companion options asked for."""
+
+    mode: str = "full"  # "full": int8 weights and activations; "weights": int8 weights, float compute
+    calib: str | None = None  # folder, .npy/.npz, "synthetic", or None for the bundled photos
+    calib_size: int | None = None
+    seed: int = 0
+    method: str = "minmax"
+    sensitivity: bool = False
+    max_drift: float | None = None
+    float_layers: tuple[str, ...] = ()
+    holdout: int = 8
+
+    def check(self) -> None:
+        if self.mode not in INT8_MODES:
+            raise InputError(f"--int8 takes 'full' or 'weights', not {self.mode!r}")
+        if self.max_drift is not None and not (0 < self.max_drift < 1):
+            raise InputError(f"--max-drift is a relative logit error between 0 and 1 (0.05 = 5%), got {self.max_drift}")
+
+
+@dataclass
+class Int8Result:
+    graph: nn.Module
+    report: dict
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+
+
+def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor, exporter, req: Int8Request,
+                        log: Callable[[str], None], progress=None) -> Int8Result:
+    """Calibrate ``model`` and return the quantized graph for ``exporter``'s target with its report."""
+    float_kinds = tuple(getattr(exporter, "float_kinds", ()))
+    source = open_source(req.calib, spec.preprocessing, tuple(example.shape[1:]), req.calib_size, req.seed, log)
+    total = len(source)
+    holdout = min(req.holdout, total // 4) // example.shape[0] * example.shape[0]
+    gm = capture(model, example)
+    advance = progress(total) if progress else (lambda _n: None)
+    cal = calibrate(gm, source.batches(16), batch_size=int(example.shape[0]), method=req.method,
+                    holdout=holdout, progress=advance)
+    skipped = getattr(source, "skipped", None) or []
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable calibration file(s), e.g. {skipped[0]!r}")
+    log(f"calibrated {len(cal.layers)} layers ({req.method}) on {cal.samples} samples from {source.description}"
+        + (f"; {holdout} held out for measurement" if holdout else ""))
+    apply_float_layers(cal.layers, req.float_layers, "kept in float by --float-layers")
+
+    ranking: list[tuple[str, float]] = []
+    steps: list[dict] = []
+    measured: dict = {"held_out_samples": holdout}
+    if cal.held_out is not None:
+        sim = Simulator(cal, cal.held_out, float_kinds)
+        measured["all_int8_sqnr_db"] = _db(sim.plan_sqnr())
+        if req.sensitivity or req.max_drift is not None:
+            ranking = measure_sensitivity(sim)
+        if req.max_drift is not None:
+            steps = meet_budget(sim, req.max_drift)
+        final = sim.plan_sqnr()
+        measured.update(plan_sqnr_db=_db(final), plan_drift=round(drift_of(final), 5))
+        if req.max_drift is not None:
+            measured["budget_met"] = drift_of(final) <= req.max_drift
+            if not measured["budget_met"]:
+                log(f"warning: --max-drift {req.max_drift:g} not reached: drift is {drift_of(final):.4f} with "
+                    f"{sum(1 for x in cal.layers.values() if x.precision == 'float')} layers in float")
+    elif req.sensitivity or req.max_drift is not None:
+        raise InputError("--sensitivity / --max-drift need held-out samples: pass at least "
+                         f"{4 * example.shape[0]} calibration samples (--calib, --calib-size)")
+
+    graph = finalize(cal, float_kinds, fold_quantize=getattr(exporter, "fold_quantize", True))
+    n_float = sum(1 for x in cal.layers.values() if x.precision == "float")
+    log(f"INT8 plan: {len(cal.layers) - n_float} layers int8, {n_float} float"
+        + (f"; {', '.join(float_kinds)} in float on {exporter.name}" if float_kinds else "")
+        + (f"; held-out output SQNR {measured['plan_sqnr_db']} dB (drift {measured['plan_drift']})"
+           if "plan_sqnr_db" in measured else ""))
+    report = {
+        "mode": "full",
+        "scheme": "int8 weights per-channel symmetric; int8 activations per-tensor affine"
+                  + (" (stored as uint8 with zero point +128 for ONNX Runtime's u8s8 kernels)"
+                     if exporter.name == "onnx" else ""),
+        "calibration": {"source": source.description, "samples": cal.samples, "method": req.method,
+                        "seed": req.seed, "requested_size": req.calib_size, "skipped_files": len(skipped)},
+        "target_float_kinds": list(float_kinds),
+        "max_drift": req.max_drift,
+        "drift_metric": "relative RMS error of the logits against FP32 on held-out calibration samples",
+        "measured": measured,
+        "budget_steps": steps,
+        "layers": cal.report(float_kinds),
+    }
+    if ranking:
+        report["sensitivity"] = [{"layer": n, "sqnr_db": _db(v)} for n, v in ranking]
+    return Int8Result(graph, report, ranking)
+
+
+def _db(x: float) -> float | None:
+    return None if math.isinf(x) else round(x, 2)
+
+
+def sensitivity_markdown(model: str, ranking: list[tuple[str, float]], layers: list[dict]) -> str:
+    """The ranked sensitivity table, most harmful first, as Markdown."""
+    by = {row["layer"]: row for row in layers}
+    lines = [f"# INT8 sensitivity of {model}", "",
+             "Output SQNR against FP32 when only this layer runs in int8 (held-out calibration samples); "
+             "lowest first: the layers INT8 hurts most.", "",
+             "| rank | layer | ops | SQNR dB | MACs | plan |", "| ---: | --- | --- | ---: | ---: | --- |"]
+    for i, (name, value) in enumerate(ranking, 1):
+        row = by.get(name, {})
+        lines.append(f"| {i} | `{name}` | {', '.join(row.get('ops', []))} | "
+                     f"{'inf' if math.isinf(value) else f'{value:.1f}'} | {row.get('macs', 0):,} | "
+                     f"{row.get('precision', '?')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,205 @@
+"""INT8: calibration sources and their bad inputs, the plan reaching each target, sensitivity, the drift
+budget, and validation on all three targets. Small models at small sizes keep this quick; the speed goals
+live in benchmarks/int8_bench.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.quantize import calibrate, capture, finalize, layers_of
+from calibration.sensitivity import Simulator, drift_of, measure_sensitivity, meet_budget
+from calibration.sources import MIN_IMAGES, open_source
+from edgehybrid.errors import EdgeHybridWarning, InputError
+from models_zoo import load_model
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def xxs():
+    torch.manual_seed(0)
+    return load_model("mobilevit_xxs", weights="random", num_classes=10, input_size=SIZE)
+
+
+def _photos(tmp_path: Path, n: int) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "calib" / "nested"
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder.parent
+
+
+# --- calibration sources ---------------------------------------------------------------------------------
+
+
+def test_folder_source_streams_preprocessed_batches_and_samples_reproducibly(tmp_path, xxs):
+    folder = _photos(tmp_path, 10)
+    src = open_source(folder, xxs.spec.preprocessing, (3, *SIZE), size=6, seed=1)
+    batches = list(src.batches(4))
+    assert [tuple(b.shape) for b in batches] == [(4, 3, 64, 64), (2, 3, 64, 64)]
+    again = open_source(folder, xxs.spec.preprocessing, (3, *SIZE), size=6, seed=1)
+    assert [p.name for p in again.paths] == [p.name for p in src.paths]
+    other = open_source(folder, xxs.spec.preprocessing, (3, *SIZE), size=6, seed=2)
+    assert [p.name for p in other.paths] != [p.name for p in src.paths]
+
+
+def test_corrupt_images_are_skipped_and_counted_then_too_few_fail(tmp_path, xxs):
+    folder = _photos(tmp_path, MIN_IMAGES)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    src = open_source(folder, xxs.spec.preprocessing, (3, *SIZE))
+    assert sum(len(b) for b in src.batches(8)) == MIN_IMAGES and src.skipped == ["broken.jpg"]
+    for p in list(folder.rglob("*.png"))[1:]:
+        p.write_bytes(b"junk")
+    with pytest.raises(InputError, match="could be read"):
+        list(open_source(folder, xxs.spec.preprocessing, (3, *SIZE)).batches(8))
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing", "does not exist"),
+    ("empty", "no images"),
+    ("npz_shape", "have shape"),
+    ("npz_corrupt", "cannot read"),
+    ("single_image", "single image"),
+])
+def test_bad_calibration_inputs_fail_with_one_clear_line(tmp_path, xxs, case, pattern):
+    path = tmp_path / case
+    if case == "empty":
+        path.mkdir()
+    elif case == "npz_shape":
+        path = tmp_path / "x.npz"
+        np.savez(path, input=np.zeros((4, 3, 32, 32), np.float32))
+    elif case == "npz_corrupt":
+        path = tmp_path / "x.npz"
+        path.write_bytes(b"PK\x03\x04garbage")
+    elif case == "single_image":
+        path = _photos(tmp_path, 1) / "nested" / "0.png"
+    with pytest.raises(InputError, match=pattern) as info:
+        open_source(path, xxs.spec.preprocessing, (3, *SIZE))
+    assert "\n" not in str(info.value)
+
+
+def test_npz_source_and_synthetic_warning(tmp_path, xxs):
+    arr = np.random.default_rng(0).standard_normal((5, 3, *SIZE)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", input=arr)
+    src = open_source(tmp_path / "c.npz", xxs.spec.preprocessing, (3, *SIZE))
+    np.testing.assert_array_equal(torch.cat(list(src.batches(2))).numpy(), arr)
+    with pytest.warns(EdgeHybridWarning, match="mean little"):
+        syn = open_source("synthetic", xxs.spec.preprocessing, (3, *SIZE), size=3)
+    assert len(syn) == 3
+
+
+# --- the plan, sensitivity and the drift budget ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated(xxs):
+    src = open_source(None, xxs.spec.preprocessing, (3, *SIZE), size=24)
+    example = torch.zeros(1, 3, *SIZE)
+    return calibrate(capture(xxs.model, example), src.batches(8), holdout=8)
+
+
+def test_calibration_finds_hybrid_layers_and_holds_samples_out(calibrated):
+    kinds = {k for layer in calibrated.layers.values() for k in layer.kinds}
+    assert {"conv", "linear", "matmul", "softmax", "layer_norm", "sigmoid", "mul"} <= kinds
+    assert calibrated.samples == 16 and len(calibrated.held_out) == 8
+
+
+def test_float_layers_leave_the_quantized_graph(calibrated):
+    cal = calibrated
+    attn = next(n for n, layer in cal.layers.items() if "matmul" in layer.kinds)
+    for layer in cal.layers.values():
+        layer.precision = "int8"
+    full = finalize(cal)
+    cal.layers[attn].precision = "float"
+    partial = finalize(cal)
+    cal.layers[attn].precision = "int8"
+
+    def quantized_matmuls(g):
+        # a matmul runs in int8 when its inputs come straight from dequantize nodes
+        return sum(1 for n in g.quantized.graph.nodes if n.target == torch.ops.aten.matmul.default
+                   and all("dequantize" in str(a.target) for a in n.args[:2]))
+
+    assert quantized_matmuls(full) == quantized_matmuls(partial) + 2
+
+
+def test_sensitivity_ranks_every_layer_and_budget_is_honoured(calibrated):
+    cal = calibrated
+    sim = Simulator(cal, cal.held_out)
+    ranking = measure_sensitivity(sim)
+    assert len(ranking) == len(cal.layers)
+    values = [v for _, v in ranking]
+    assert values == sorted(values) and np.isfinite(values[0])
+    all_int8 = drift_of(sim.plan_sqnr())
+    budget = all_int8 * 0.7
+    steps = meet_budget(sim, budget)
+    assert steps, "a budget below the all-int8 drift must move layers to float"
+    assert drift_of(sim.plan_sqnr()) <= budget or all(layer.precision == "float" for layer in cal.layers.values())
+    floated = {s["layer"] for s in steps}
+    assert floated == {n for n, layer in cal.layers.items() if layer.precision == "float"}
+    for layer in cal.layers.values():  # restore for other tests
+        layer.precision = "int8"
+
+
+# --- end to end: the plan reaches every target and validates -------------------------------------------
+
+
+def _export(cli, tmp_path, target, *extra):
+    out = tmp_path / target
+    result = cli("export", "mobilevit_xxs", "--weights", "random", "--target", target, "--input-size", "64", "64",
+                 "--num-classes", "10", "--int8", *extra, "--out", str(out), "--json")
+    return result, out
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite", "coreml"])
+def test_int8_export_validates_on_every_target(cli, tmp_path, target):
+    result, out = _export(cli, tmp_path, target, "--calib-size", "16")
+    assert result[0] == 0, result[2]
+    m = json.loads(result[1])
+    assert m["precision"] == "int8" and m["validation"]["passed"]
+    metrics = next(iter(m["validation"]["metrics"].values()))
+    assert metrics["cosine"] >= 0.98
+    assert "drift_vs_fp32" in m["validation"]
+    layers = m["quantization"]["layers"]
+    assert layers and all(row["precision"] in ("int8", "float") and row["reason"] for row in layers)
+    if target == "onnx":
+        ort = m["details"]["onnxruntime_optimized_ops"]["integer_kernels"]
+        assert ort.get("QLinearConv", 0) > 0 and ort.get("QGemm", 0) > 0  # fused int8 kernels, not float islands
+        assert "Softmax" in m["details"]["onnxruntime_optimized_ops"]["float_compute"]
+    if target == "tflite":
+        assert m["inputs"][0]["dtype"] == "int8" and m["inputs"][0]["scale"] > 0
+        assert "int8" in json.dumps(m["details"]["tensor_dtypes"])
+    if target == "coreml":
+        ops = m["details"]["op_counts"] if "op_counts" in m["details"] else m["details"]["inspection"]["op_counts"]
+        assert ops.get("quantize", 0) > 0 and ops.get("dequantize", 0) > 0
+        assert m["validation"]["executed"] is False
+
+
+def test_float_layers_option_reaches_the_manifest_and_sensitivity_table(cli, tmp_path):
+    result, out = _export(cli, tmp_path, "onnx", "--calib-size", "16", "--sensitivity",
+                          "--float-layers", "stages.0.0.conv1_1x1.conv")
+    assert result[0] == 0, result[2]
+    m = json.loads(result[1])
+    row = next(r for r in m["quantization"]["layers"] if r["layer"] == "stages.0.0.conv1_1x1.conv")
+    assert row["precision"] == "float" and "--float-layers" in row["reason"]
+    table = (out / "mobilevit_xxs_int8.onnx.sensitivity.md").read_text()
+    assert table.count("\n| ") >= len(m["quantization"]["layers"])
+
+
+def test_int8_bad_options_fail_cleanly(cli, tmp_path):
+    result, out = _export(cli, tmp_path, "onnx", "--calib", str(tmp_path / "nope"))
+    assert result[0] == 2 and "does not exist" in result[2]
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    result, _ = _export(cli, tmp_path, "onnx", "--float-layers", "stages.0.0.conv1_1x1.convv")
+    assert result[0] == 2 and "did you mean" in result[2].lower()
+    result, _ = _export(cli, tmp_path, "onnx", "--calib-method", "minmaxx")
+    assert result[0] == 2
+    result = cli("export", "mobilevit_xxs", "--target", "onnx", "--calib", "x")
+    assert result[0] == 2 and "--int8" in result[2]
