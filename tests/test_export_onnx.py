@@ -194,8 +194,8 @@ def test_untraceable_model_is_one_line_naming_the_call_site(exporter, spec, tmp_
 
 
 def test_unknown_precision_is_refused(exporter):
-    with pytest.raises(EdgeHybridError, match="int8"):
-        exporter.tolerance("int8")
+    with pytest.raises(EdgeHybridError, match="int4"):
+        exporter.tolerance("int4")
 
 
 def test_corrupt_artifact_is_a_clear_error(tmp_path):
