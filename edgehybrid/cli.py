@@ -7,6 +7,8 @@ a bug in edgehybrid (``--debug`` shows its traceback).
 
 from __future__ import annotations
 
+import importlib
+
 import sys
 from pathlib import Path
 from typing import Optional
@@ -146,17 +148,15 @@ def export_cmd(
 
     if fp16 and int8:
         raise InputError("--fp16 and --int8 exclude each other; pick one precision")
-    if int8 is None and any(v is not None for v in (calib, calib_size, max_drift, float_layers)) or (
-            int8 is None and sensitivity):
+    if int8 is None and (sensitivity or any(v is not None for v in (calib, calib_size, max_drift, float_layers))):
         raise InputError("--calib, --calib-size, --sensitivity, --max-drift and --float-layers apply to --int8; "
                          "add --int8")
     int8_request = None
     if int8 is not None:
         int8_request = Int8Request(
-            mode=int8, calib=calib, calib_size=calib_size, seed=seed, method=calib_method, sensitivity=sensitivity,
+            calib=calib, calib_size=calib_size, seed=seed, method=calib_method, sensitivity=sensitivity,
             max_drift=max_drift, float_layers=tuple(x.strip() for x in (float_layers or "").split(",") if x.strip()),
         )
-        int8_request.check()
     options = ExportOptions(
         precision="int8" if int8 else "fp16" if fp16 else "fp32", batch=batch, normalize_in_graph=normalize_in_graph,
         channels_last=False if nchw else None, int8_mode=int8 or "full",
@@ -235,6 +235,22 @@ def profile_cmd(
         profile_view.render(doc, console.out_console())
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(Exit, Abort, ClickException) classes of click and of the copy of click that typer >= 0.2x vendors
+    (``typer._click``, with ``typer.Exit`` / ``typer.Abort`` of its own): a usage error raised by either must
+    map to its exit code, not to "internal error"."""
+    errors = [click.ClickException]
+    try:
+        errors.append(importlib.import_module("typer._click.exceptions").ClickException)
+    except (ImportError, AttributeError):  # an older typer uses click itself
+        pass
+    return ((click.exceptions.Exit, typer.Exit), (click.exceptions.Abort, typer.Abort),
+            tuple(dict.fromkeys(errors)))
+
+
+_CLICK_EXIT, _CLICK_ABORT, _CLICK_ERROR = _click_exceptions()
+
+
 def _int8_default(args: list[str]) -> list[str]:
     """``--int8`` alone means ``--int8 full`` (click has no option with an optional value)."""
     out = []
@@ -252,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="edgehybrid", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except _CLICK_EXIT as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except _CLICK_ABORT:
         console.error("aborted")
         return 130
-    except click.ClickException as exc:
+    except _CLICK_ERROR as exc:
         exc.show()
         return exc.exit_code
     except EdgeHybridError as exc:

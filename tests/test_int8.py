@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.quantize import calibrate, capture, finalize, layers_of
-from calibration.sensitivity import Simulator, drift_of, measure_sensitivity, meet_budget
+from calibration.quantize import calibrate, capture, finalize
+from calibration.sensitivity import (
+    Simulator,
+    drift_of,
+    measure_sensitivity,
+    meet_budget,
+)
 from calibration.sources import MIN_IMAGES, open_source
 from edgehybrid.errors import EdgeHybridWarning, InputError
 from models_zoo import load_model
@@ -201,5 +206,7 @@ def test_int8_bad_options_fail_cleanly(cli, tmp_path):
     assert result[0] == 2 and "did you mean" in result[2].lower()
     result, _ = _export(cli, tmp_path, "onnx", "--calib-method", "minmaxx")
     assert result[0] == 2
+    result, _ = _export(cli, tmp_path, "onnx", "wieghts")  # a stray word after --int8: a usage error
+    assert result[0] == 2 and "wieghts" in result[2] and "internal error" not in result[2]
     result = cli("export", "mobilevit_xxs", "--target", "onnx", "--calib", "x")
     assert result[0] == 2 and "--int8" in result[2]
