@@ -184,20 +184,24 @@ class OnnxExporter:
         )
 
 
-def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict):
-    """Simplify, check and save as one self-contained file; returns the final ModelProto."""
+def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, no_simplify: str = ""):
+    """Simplify (unless ``no_simplify`` gives the reason not to), check and save as one self-contained file;
+    returns the final ModelProto."""
     details["nodes_before_simplify"] = len(mp.graph.node)
-    t = time.perf_counter()
-    simplified, simplifier, reason = _simplify(mp)
-    if simplifier != "none" and simplified.ByteSize() >= _PROTOBUF_LIMIT:
-        # constant folding can inflate a model near the limit; the unsimplified one still fits
-        simplified, reason = mp, f"{simplifier}'s output exceeds protobuf's 2 GB limit"
-        simplifier = "none"
-    timings["simplify"] = time.perf_counter() - t
+    if no_simplify:
+        simplified, simplifier, reason = mp, "none", no_simplify
+    else:
+        t = time.perf_counter()
+        simplified, simplifier, reason = _simplify(mp)
+        if simplifier != "none" and simplified.ByteSize() >= _PROTOBUF_LIMIT:
+            # constant folding can inflate a model near the limit; the unsimplified one still fits
+            simplified, reason = mp, f"{simplifier}'s output exceeds protobuf's 2 GB limit"
+            simplifier = "none"
+        timings["simplify"] = time.perf_counter() - t
+        _set_metadata(simplified, {p.key: p.value for p in mp.metadata_props})  # in case a simplifier dropped it
     details["simplifier"] = simplifier
     if reason:
         details["simplifier_reason"] = reason
-    _set_metadata(simplified, {p.key: p.value for p in mp.metadata_props})  # in case a simplifier dropped it
     t = time.perf_counter()
     _check(onnx, simplified, what)
     timings["check"] = time.perf_counter() - t
@@ -208,21 +212,13 @@ def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict):
 
 
 def _write_int8(onnx, mp, out: Path, what: str, details: dict, timings: dict):
-    """QDQ model with uint8 activations for ONNX Runtime; not simplified (onnxsim would constant-fold the int8
-    weights' DequantizeLinear back into float weights). Records what ONNX Runtime fuses it into."""
+    """QDQ model with uint8 activations for ONNX Runtime, saved like any other but not simplified; records
+    what ONNX Runtime fuses it into."""
     t = time.perf_counter()
-    shifted = uint8_activations(mp)
+    details["uint8_activation_edges"] = uint8_activations(mp)
     timings["uint8"] = time.perf_counter() - t
-    details.update(nodes_before_simplify=len(mp.graph.node), simplifier="none",
-                   simplifier_reason="int8: a simplifier would fold int8 weights back to float",
-                   uint8_activation_edges=shifted)
-    _set_metadata(mp, {p.key: p.value for p in mp.metadata_props})
-    t = time.perf_counter()
-    _check(onnx, mp, what)
-    timings["check"] = time.perf_counter() - t
-    t = time.perf_counter()
-    onnx.save(mp, str(out))
-    timings["save"] = time.perf_counter() - t
+    mp = _write_single(onnx, mp, out, what, details, timings,
+                       no_simplify="int8: a simplifier would fold int8 weights back to float")
     t = time.perf_counter()
     details["onnxruntime_optimized_ops"] = _ort_optimized_ops(out)
     timings["inspect"] = time.perf_counter() - t
