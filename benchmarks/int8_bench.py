@@ -25,17 +25,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
-from calibration.preprocess import find_images, load_batch, sample_images  # noqa: E402
-from calibration.sources import CALIB_DIR  # noqa: E402
-from edgehybrid.drift import compare  # noqa: E402
-from edgehybrid.pipeline import ExportRequest, run_export  # noqa: E402
-from edgehybrid.runtimes import get_runtime  # noqa: E402
-from exporters.base import ExportOptions  # noqa: E402
-from models_zoo import load_model  # noqa: E402
+from calibration.preprocess import find_images, load_batch, sample_images
+from calibration.sources import CALIB_DIR
+from edgehybrid.drift import compare
+from edgehybrid.pipeline import ExportRequest, run_export
+from edgehybrid.runtimes import get_runtime
+from exporters.base import ExportOptions
+from models_zoo import load_model
 
 
 def naive_ort(fp32: Path, calib: np.ndarray, out: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -50,7 +54,10 @@ def naive_ort(fp32: Path, calib: np.ndarray, out: Path) -> Path:
 
 def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -> Path:
     import litert_torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -59,7 +66,7 @@ def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -
             super().__init__()
             self.m = m
 
-        def forward(self, input):  # noqa: A002
+        def forward(self, input):
             return {"logits": self.m(input.permute(0, 3, 1, 2))}
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))

@@ -21,8 +21,8 @@ from __future__ import annotations
 import copy
 import operator
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -107,7 +107,8 @@ def layers_of(gm: torch.fx.GraphModule) -> dict[str, Layer]:
         kind = _KINDS.get(node.target) if node.op == "call_function" else None
         if kind is None or not _tensor_inputs(node, kind):
             continue
-        layer = layers.setdefault(layer_of(node), Layer(layer_of(node)))
+        name = layer_of(node)
+        layer = layers.setdefault(name, Layer(name))
         layer.kinds.append(kind)
         layer.nodes.append(node.name)
         layer.macs += _macs(node, kind)
@@ -170,13 +171,17 @@ def torchao():
     return sys.modules["torchao"]
 
 
+def check_method(method: str) -> None:
+    if method not in CALIB_METHODS:
+        raise UnknownNameError.for_choice("--calib-method", method, CALIB_METHODS)
+
+
 def make_quantizer(int8_layers: Iterable[str], method: str = "minmax"):
     """A PT2E quantizer (torchao's protocol) that annotates only the layers in ``int8_layers``."""
     torchao()
     from torchao.quantization.pt2e.quantizer import Quantizer
 
-    if method not in CALIB_METHODS:
-        raise UnknownNameError.for_choice("--calib-method", method, CALIB_METHODS)
+    check_method(method)
 
     class HybridQuantizer(_Annotator, Quantizer):
         pass
@@ -197,7 +202,10 @@ class _Annotator:
         pass
 
     def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+        from torchao.quantization.pt2e.quantizer import (
+            QuantizationAnnotation,
+            SharedQuantizationSpec,
+        )
 
         act, weight, fixed = _specs(self.method)
         for node in gm.graph.nodes:
@@ -250,11 +258,18 @@ def _shared_or(arg: torch.fx.Node, spec, shared_cls):
 def _specs(method: str):
     """(activation, weight, fixed-range output) quantization specs: int8 everywhere, so one plan fits
     every target; ONNX Runtime's uint8 activations are derived at export by shifting zero points."""
-    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
-    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
+    from torchao.quantization.pt2e.observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer import (
+        FixedQParamsQuantizationSpec,
+        QuantizationSpec,
+    )
 
-    observer = {"minmax": MinMaxObserver, "histogram": HistogramObserver,
-                "percentile": percentile_observer()}[method]
+    observer = percentile_observer() if method == "percentile" else {"minmax": MinMaxObserver,
+                                                                    "histogram": HistogramObserver}[method]
     act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
                            is_dynamic=False, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
@@ -332,7 +347,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
         warnings.simplefilter("ignore")
         try:
             return torch.export.export(split_silu(model).eval(), (example,)).module()
-        except Exception as exc:  # noqa: BLE001 - reported as one line
+        except Exception as exc:
             raise EdgeHybridError(f"torch.export could not capture the model for INT8 quantization: "
                                   f"{str(exc).splitlines()[0][:300]}") from exc
 
@@ -424,7 +439,7 @@ class QuantizedGraph(nn.Module):
         super().__init__()
         self.quantized = graph
 
-    def train(self, mode: bool = True) -> "QuantizedGraph":
+    def train(self, mode: bool = True) -> QuantizedGraph:
         self.training = False
         return self
 

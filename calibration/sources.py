@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -122,8 +123,7 @@ def open_source(
 
     ``input_shape`` is the model's (3, H, W); array sources must match it exactly.
     """
-    if size is not None and size < 1:
-        raise InputError(f"--calib-size must be at least 1, got {size}")
+    check_size(size)
     if calib is None:
         paths = find_images(CALIB_DIR)
         if not paths:
@@ -160,6 +160,11 @@ def open_source(
                          f"calibration images (at least {MIN_IMAGES})")
     raise InputError(f"cannot calibrate from {str(path)!r}: pass a folder of images, a .npy or a .npz of "
                      "preprocessed (N, 3, H, W) float32 tensors, or 'synthetic'")
+
+
+def check_size(size: int | None) -> None:
+    if size is not None and size < 1:
+        raise InputError(f"--calib-size must be at least 1, got {size}")
 
 
 def _sample(paths: list[Path], size: int | None, seed: int) -> list[Path]:

@@ -67,22 +67,35 @@ def route_warnings(debug: bool = False) -> None:
     warnings.filterwarnings("always", category=EdgeHybridWarning)
 
 
-def progress(total: int, label: str = "calibrating"):
-    """A progress bar on stderr for ``total`` items; returns ``advance(n)``. Quiet when stderr is no terminal."""
-    if not err.is_terminal:
-        return lambda _n: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def progress(total: int, label: str = "calibrating") -> Progress:
+    """A progress bar on stderr for ``total`` items: call it with each count done, ``close()`` it at the end
+    (also when the work stops early: skipped files or a failure). Quiet when stderr is no terminal."""
+    return Progress(total, label)
 
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                   transient=True)
-    task = bar.add_task(label, total=total)
-    bar.start()
-    done = [0]
 
-    def advance(n: int) -> None:
-        done[0] += n
-        bar.update(task, advance=n)
-        if done[0] >= total:
-            bar.stop()
+class Progress:
+    def __init__(self, total: int, label: str):
+        self._bar = None
+        if not err.is_terminal:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
 
-    return advance
+        self._bar = Bar(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                        transient=True)
+        self._task = self._bar.add_task(label, total=total)
+        self._bar.start()
+
+    def __call__(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -8,26 +8,36 @@ int8 kernel is slower (``Exporter.float_kinds``) and whether quantized weights s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
-from calibration.quantize import apply_float_layers, calibrate, capture, finalize
-from calibration.sensitivity import Simulator, drift_of, measure_sensitivity, meet_budget
-from calibration.sources import open_source
+from calibration.quantize import (
+    apply_float_layers,
+    calibrate,
+    capture,
+    check_method,
+    finalize,
+)
+from calibration.sensitivity import (
+    Simulator,
+    drift_of,
+    measure_sensitivity,
+    meet_budget,
+)
+from calibration.sources import check_size, open_source
 from edgehybrid.errors import InputError
 from models_zoo.registry import ModelSpec
 
-INT8_MODES = ("full", "weights")
+INT8_MODES = ("full", "weights")  # "full": int8 weights and activations; "weights": int8 weights, float compute
 
 
 @dataclass(frozen=True)
 class Int8Request:
     """What ``--int8`` and its companion options asked for."""
 
-    mode: str = "full"  # "full": int8 weights and activations; "weights": int8 weights, float compute
     calib: str | None = None  # folder, .npy/.npz, "synthetic", or None for the bundled photos
     calib_size: int | None = None
     seed: int = 0
@@ -38,8 +48,9 @@ class Int8Request:
     holdout: int = 8
 
     def check(self) -> None:
-        if self.mode not in INT8_MODES:
-            raise InputError(f"--int8 takes 'full' or 'weights', not {self.mode!r}")
+        """Cheap checks of the options, before any model is loaded."""
+        check_method(self.method)
+        check_size(self.calib_size)
         if self.max_drift is not None and not (0 < self.max_drift < 1):
             raise InputError(f"--max-drift is a relative logit error between 0 and 1 (0.05 = 5%), got {self.max_drift}")
 
@@ -59,9 +70,13 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     total = len(source)
     holdout = min(req.holdout, total // 4) // example.shape[0] * example.shape[0]
     gm = capture(model, example)
-    advance = progress(total) if progress else (lambda _n: None)
-    cal = calibrate(gm, source.batches(16), batch_size=int(example.shape[0]), method=req.method,
-                    holdout=holdout, progress=advance)
+    advance = progress(total) if progress else None
+    try:
+        cal = calibrate(gm, source.batches(16), batch_size=int(example.shape[0]), method=req.method,
+                        holdout=holdout, progress=advance or (lambda _n: None))
+    finally:
+        if advance is not None:
+            advance.close()
     skipped = getattr(source, "skipped", None) or []
     if skipped:
         log(f"skipped {len(skipped)} unreadable calibration file(s), e.g. {skipped[0]!r}")

@@ -24,7 +24,7 @@ from edgehybrid.drift import compare
 from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
 from edgehybrid.fsutil import ensure_writable_dir, move_into_place, staging_dir, write_json_atomic, write_text_atomic
 from edgehybrid.runtimes import RuntimeUnavailable, get_runtime
-from edgehybrid.int8 import Int8Request, quantize_for_target, sensitivity_markdown
+from edgehybrid.int8 import INT8_MODES, Int8Request, quantize_for_target, sensitivity_markdown
 from exporters.base import Artifact, ExportOptions, get_exporter
 from models_zoo import load_model
 from models_zoo.registry import Preprocessing
@@ -47,7 +47,8 @@ class ExportRequest:
     max_images: int = 8
     threads: int = 2
     int8: Int8Request | None = None  # calibration and plan options when options.precision == "int8"
-    progress: Callable[[int], Callable[[int], None]] | None = field(default=None, compare=False)  # total -> advance
+    # total -> a callable advanced with each count done, with close(): a progress bar (edgehybrid.console.progress)
+    progress: Callable[[int], Callable[[int], None]] | None = field(default=None, compare=False)
 
 
 class NormalizeInGraph(nn.Module):
@@ -87,11 +88,13 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     if options.batch < 1:
         raise InputError(f"--batch must be at least 1, got {options.batch}")
     exporter.check_available()  # before any work: a missing backend is a one-line answer, not a late crash
-    int8 = req.int8 or Int8Request(mode=options.int8_mode)
+    int8 = req.int8 or Int8Request()
     if options.precision == "int8":
         int8.check()
-        if int8.mode not in exporter.int8_modes:
-            raise InputError(f"--int8 {int8.mode} is not available for {req.target}; it supports: "
+        if options.int8_mode not in INT8_MODES:
+            raise InputError(f"--int8 takes {' or '.join(INT8_MODES)}, not {options.int8_mode!r}")
+        if options.int8_mode not in exporter.int8_modes:
+            raise InputError(f"--int8 {options.int8_mode} is not available for {req.target}; it supports: "
                              f"{', '.join(exporter.int8_modes)}")
     images = _validation_images(req)  # cheap input checks first: a typo costs no model load
     out_dir = ensure_writable_dir(req.out_dir)
@@ -108,7 +111,7 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     feeds_nchw = pixels if options.normalize_in_graph else normalize(pixels, spec.preprocessing)
     example = torch.from_numpy(_batched(feeds_nchw, options.batch)[0])
     fp32_graph, quant = None, None
-    if options.precision == "int8" and int8.mode == "full":
+    if options.precision == "int8" and options.int8_mode == "full":
         t = time.perf_counter()
         norm_example = torch.from_numpy(_batched(normalize(pixels, spec.preprocessing), options.batch)[0])
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress)

@@ -28,7 +28,8 @@ from models_zoo.registry import ModelSpec
 #: an int8 artifact against the quantized PyTorch graph it was exported from. Both compute the same plan,
 #: but runtimes requantize in integer arithmetic (each fused op's output rounded once, sigmoid by lookup
 #: table), which moves values by about one quantization step per layer; a wrong scale, a dropped layer or a
-#: lost zero point gives cosine < 0.9. Figures measured per target are in tests/test_int8.py.
+#: lost zero point gives cosine < 0.9. Measured on mobilevit_xxs (128 px, random weights): cosine 0.99990
+#: (ONNX Runtime), 0.99991 (LiteRT), 0.999996 (Core ML MIL reference evaluation), top-1 agreement 100%.
 INT8_TOLERANCE = Tolerance(atol=1e-3, rtol=0.5, min_cosine=0.98, min_top1_agreement=0.75)
 
 INPUT_NAME = "input"
