@@ -19,14 +19,18 @@ class Comparison:
     rel_max_abs: float  # max_abs / max |reference|: comparable across models with different logit scales
     cosine: float  # mean over samples of the cosine between reference and artifact logits
     sqnr_db: float  # signal-to-quantization-noise ratio of the artifact against the reference
-    top1_agreement: float  # fraction of samples whose argmax agrees
+    top1_agreement: float  # fraction of samples whose argmax agrees (within ``tie`` of the reference's top logit)
     samples: int
+    tie: float = 0.0  # reference logits closer than this count as the same rank (an int8 output's step)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def compare(reference: np.ndarray, actual: np.ndarray) -> Comparison:
+def compare(reference: np.ndarray, actual: np.ndarray, tie: float = 0.0) -> Comparison:
+    """``tie``: an artifact whose top class scores within ``tie`` of the reference's top logit (in the
+    reference's logits) agrees. For an int8 output, one quantization step: two classes whose logits the
+    output grid cannot tell apart have no order the artifact could get wrong."""
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     act = np.asarray(actual, dtype=np.float64).reshape(len(actual), -1)
     if ref.shape != act.shape:
@@ -39,9 +43,15 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> Comparison:
         rel_max_abs=float(diff.max() / scale),
         cosine=cosine(ref, act),
         sqnr_db=sqnr_db(ref, act),
-        top1_agreement=float(np.mean(ref.argmax(1) == act.argmax(1))),
+        top1_agreement=top1_agreement(ref, act, tie),
         samples=len(ref),
+        tie=float(tie),
     )
+
+
+def top1_agreement(ref: np.ndarray, act: np.ndarray, tie: float = 0.0) -> float:
+    picked = ref[np.arange(len(ref)), act.argmax(1)]
+    return float(np.mean(picked >= ref.max(1) - tie * (1 + 1e-6)))
 
 
 def cosine(ref: np.ndarray, act: np.ndarray) -> float:
