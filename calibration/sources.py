@@ -24,6 +24,7 @@ from edgehybrid.errors import EdgeHybridWarning, InputError
 from models_zoo.registry import Preprocessing
 
 CALIB_DIR = Path(__file__).resolve().parents[1] / "edgehybrid" / "data" / "calibration"
+DATA_DIR = CALIB_DIR.parent  # edgehybrid/data
 SYNTHETIC = "synthetic"
 #: below this many readable images, activation ranges are guesses; refuse rather than quantize on them
 MIN_IMAGES = 4
@@ -118,21 +119,26 @@ def open_source(
     size: int | None = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda _m: None,
+    bundled: str | None = None,
 ) -> CalibrationSource:
-    """The calibration source for ``--calib`` (None: the bundled photos), sampled to ``size`` with ``seed``.
+    """The calibration source for ``--calib`` (None: bundled images), sampled to ``size`` with ``seed``.
 
-    ``input_shape`` is the model's (3, H, W); array sources must match it exactly.
+    ``input_shape`` is the model's (3, H, W); array sources must match it exactly. ``bundled`` names the
+    package's image set for this checkpoint (a folder under ``edgehybrid/data``, e.g. the CIFAR-10
+    fixtures' training images); without it, the bundled ImageNet-style photos.
     """
     check_size(size)
     if calib is None:
-        paths = find_images(CALIB_DIR)
+        folder = DATA_DIR / bundled if bundled else CALIB_DIR
+        paths = find_images(folder)
         if not paths:
             raise InputError("the bundled calibration images are missing from the installed package; "
                              "reinstall edgehybrid or pass --calib DIR")
         paths = _sample(paths, size, seed)
-        log(f"calibrating on {len(paths)} bundled photos (no --calib given; pass --calib DIR with images "
+        what = f"bundled images ({bundled})" if bundled else "bundled photos"
+        log(f"calibrating on {len(paths)} {what} (no --calib given; pass --calib DIR with images "
             "from your own domain for the best accuracy)")
-        return ImageFolderSource(paths, pre, f"the bundled calibration photos ({CALIB_DIR})")
+        return ImageFolderSource(paths, pre, f"the {what} ({folder})")
     if str(calib) == SYNTHETIC:
         warnings.warn("calibrating on random data (--calib synthetic): activation ranges and every accuracy "
                       "figure of this INT8 model mean little; use real images for a model you ship",

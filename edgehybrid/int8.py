@@ -63,10 +63,12 @@ class Int8Result:
 
 
 def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor, exporter, req: Int8Request,
-                        log: Callable[[str], None], progress=None) -> Int8Result:
-    """Calibrate ``model`` and return the quantized graph for ``exporter``'s target with its report."""
+                        log: Callable[[str], None], progress=None, bundled_calib: str | None = None) -> Int8Result:
+    """Calibrate ``model`` and return the quantized graph for ``exporter``'s target with its report.
+    ``bundled_calib``: the checkpoint's own bundled calibration images, used when ``req.calib`` is None."""
     float_kinds = tuple(getattr(exporter, "float_kinds", ()))
-    source = open_source(req.calib, spec.preprocessing, tuple(example.shape[1:]), req.calib_size, req.seed, log)
+    source = open_source(req.calib, spec.preprocessing, tuple(example.shape[1:]), req.calib_size, req.seed, log,
+                         bundled=bundled_calib)
     total = len(source)
     holdout = min(req.holdout, total // 4) // example.shape[0] * example.shape[0]
     gm = capture(model, example)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from models_zoo.layers import Attention, ConvNormAct, Mlp, make_divisible
-from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, register
+from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, cifar10_fixture, register
 
 PATCH_SIZE = 2
 INPUT_DIVISOR = 32 * PATCH_SIZE  # total stride 32, then whole patches on the last map
@@ -259,7 +259,8 @@ for _name, (_params, _gmacs, _top1) in _PUBLISHED.items():
                 ),
             ),
             input_divisor=INPUT_DIVISOR,
-            checkpoints=(Checkpoint(tag="cvnets_in1k", hf_hub_id=f"timm/{_name}.cvnets_in1k"),),
+            checkpoints=(Checkpoint(tag="cvnets_in1k", hf_hub_id=f"timm/{_name}.cvnets_in1k"),)
+            + ((cifar10_fixture(_name, _PREPROCESSING),) if _name == "mobilevit_xxs" else ()),
             default_tag="cvnets_in1k",
         )
     )

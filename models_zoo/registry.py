@@ -84,6 +84,21 @@ class Checkpoint:
     classes: tuple[str, ...] | None = None
     input_size: tuple[int, int] | None = None
     preprocessing: Preprocessing | None = None
+    calibration: str | None = None  # bundled calibration images (folder under edgehybrid/data): the default --calib
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_SIZE = 64
+
+
+def cifar10_fixture(model: str, base: Preprocessing) -> Checkpoint:
+    """The tag of a fixture trained by ``scripts/train_fixture.py`` and bundled in ``models_zoo/fixtures``:
+    CIFAR-10's 32x32 images resized to 64x64 (PIL bilinear; the centre crop is then a no-op), normalized
+    as the architecture's published checkpoints are."""
+    pre = replace(base, resize=CIFAR10_SIZE, crop=(CIFAR10_SIZE, CIFAR10_SIZE), interpolation="bilinear")
+    return Checkpoint(tag="cifar10", bundled_file=f"{model}.cifar10.safetensors", num_classes=len(CIFAR10_CLASSES),
+                      classes=CIFAR10_CLASSES, input_size=(CIFAR10_SIZE, CIFAR10_SIZE), preprocessing=pre,
+                      calibration="cifar10/calib")
 
 
 @dataclass(frozen=True)

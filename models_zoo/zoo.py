@@ -92,7 +92,8 @@ def load_model(
     spec = spec.with_overrides(num_classes=_check_classes(num_classes), input_size=_check_size(spec, input_size))
     model = spec.build()
 
-    classes = ckpt.classes if (ckpt is not None and weights is None) else None
+    # a tag's class names also hold for other weights loaded into its configuration (a fine-tune, a test copy)
+    classes = ckpt.classes if (ckpt is not None and (explicit_tag or weights is None)) else None
     if weights is not None and str(weights) == RANDOM:
         warnings.warn(
             f"{spec.name} has random weights: accuracy and drift figures mean nothing; "

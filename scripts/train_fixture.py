@@ -38,10 +38,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models_zoo import load_model  # noqa: E402
-from models_zoo.registry import Preprocessing  # noqa: E402
-
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-SIZE = 64
+from models_zoo.registry import CIFAR10_CLASSES as CLASSES  # noqa: E402
+from models_zoo.registry import CIFAR10_SIZE as SIZE  # noqa: E402
+from models_zoo.registry import Preprocessing, cifar10_fixture  # noqa: E402
 
 
 def read_tar(path: str, max_per_class: int | None = None) -> tuple[list[str], np.ndarray, list[bytes]]:
@@ -76,10 +75,9 @@ def split(labels: np.ndarray, seed: int, val_frac: float = 0.1) -> tuple[np.ndar
     return np.concatenate(train), np.concatenate(val)
 
 
-def fixture_preprocessing(zoo_pre: Preprocessing) -> Preprocessing:
-    """The zoo's normalization at the fixture's 32 -> 64 bilinear resize (centre crop is a no-op)."""
-    return Preprocessing(resize=SIZE, crop=(SIZE, SIZE), interpolation="bilinear", value_scale=zoo_pre.value_scale,
-                         mean=zoo_pre.mean, std=zoo_pre.std, channel_order=zoo_pre.channel_order)
+def fixture_preprocessing(model: str, zoo_pre: Preprocessing) -> Preprocessing:
+    """The fixture tag's preprocessing: the zoo's normalization at the 32 -> 64 bilinear resize."""
+    return cifar10_fixture(model, zoo_pre).preprocessing
 
 
 def normalize(x_uint8_nhwc: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
@@ -184,7 +182,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random weights": we are about to train them
         loaded = load_model(args.model, weights="random", num_classes=10, input_size=(SIZE, SIZE))
-    model, pre = loaded.model.to(dev), fixture_preprocessing(loaded.spec.preprocessing)
+    model, pre = loaded.model.to(dev), fixture_preprocessing(args.model, loaded.spec.preprocessing)
     x_tr, y_tr = torch.from_numpy(images[train_idx]).to(dev), torch.from_numpy(labels[train_idx]).to(dev)
     x_va, y_va = torch.from_numpy(images[val_idx]).to(dev), torch.from_numpy(labels[val_idx]).to(dev)
 
