@@ -235,6 +235,85 @@ def profile_cmd(
         profile_view.render(doc, console.out_console())
 
 
+@app.command("check")
+def check_cmd(
+    artifact: Path = typer.Argument(..., help="An exported artifact (.onnx, .tflite, .mlpackage) with its manifest."),
+    data: Path = typer.Option(
+        ..., "--data", help="Folder of images: one sub-folder per class (named as the model's classes) for "
+        "accuracy, or loose images for agreement figures only.",
+    ),
+    reference: Optional[str] = typer.Option(
+        None, "--reference", help="FP32 reference: a zoo name[.tag] or a weights file (default: the manifest's model)."
+    ),
+    max_top1_drop: float = typer.Option(1.0, "--max-top1-drop", help="Largest allowed top-1 drop, in points."),
+    min_agreement: float = typer.Option(95.0, "--min-agreement", help="Smallest top-1 agreement with the reference, %."),
+    min_cosine: float = typer.Option(0.98, "--min-cosine", help="Smallest mean logit cosine with the reference."),
+    threads: int = typer.Option(2, "--threads", help="Runtime and PyTorch threads."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (for CI systems)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a Markdown report here (a PR comment)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
+) -> None:
+    """Measure an artifact's drift from its FP32 PyTorch model on real images; exit 1 when a threshold fails."""
+    from edgehybrid import check as check_mod
+    from edgehybrid.errors import CheckFailedError
+    from edgehybrid.fsutil import write_text_atomic
+
+    if junit is not None:
+        check_mod.check_output_path(junit, (".xml",), "--junit")
+    if report is not None:
+        check_mod.check_output_path(report, (".md",), "--report")
+    thresholds = check_mod.Thresholds(max_top1_drop=max_top1_drop, min_agreement=min_agreement, min_cosine=min_cosine)
+    result = check_mod.run_check(artifact, data, reference=reference, thresholds=thresholds, threads=threads,
+                                 progress=console.progress)
+    if not result["runtime"]["executed"]:
+        console.warn(f"{artifact.name} was not executed: {result['runtime']['reason']}; figures are "
+                     f"{result['runtime']['method']}")
+    if junit is not None:
+        write_text_atomic(junit, check_mod.junit_xml("edgehybrid check", check_mod.junit_cases(result)))
+    if report is not None:
+        write_text_atomic(report, check_mod.markdown(result))
+    if json_out:
+        console.print_json(result)
+    else:
+        from edgehybrid import check_view
+
+        check_view.render(result, console.out_console())
+    if not result["passed"]:
+        raise CheckFailedError(check_mod.failure_line(result))
+
+
+@app.command("ci")
+def ci_cmd(
+    config: Path = typer.Option(Path("edgehybrid.toml"), "--config", "-c", help="The CI config (strict TOML)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline JSON (default: the config's)."),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="Write this run's figures as the baseline."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard I of N of the matrix, e.g. 2/3."),
+    targets: Optional[str] = typer.Option(None, "--targets", help="Only these targets' jobs, e.g. onnx,tflite."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report and artifact folder (default: the config's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the combined report as one JSON document on stdout."),
+) -> None:
+    """Export, check and time every model x target x precision of a config; fail on drift or latency regressions."""
+    from dataclasses import replace
+
+    from edgehybrid import ci as ci_mod
+    from edgehybrid.errors import CheckFailedError
+
+    cfg = ci_mod.load_config(config)
+    cfg = replace(cfg, baseline=baseline or cfg.baseline, out=out or cfg.out)
+    ci_mod.parse_shard(shard)
+    ci_mod.select_targets(ci_mod.jobs(cfg), targets)
+    doc = ci_mod.run_ci(cfg, shard_spec=shard, update_baseline=update_baseline, only_targets=targets,
+                       log=console.info)
+    for path in ci_mod.write_reports(doc, cfg.out):
+        console.info(f"wrote {path}")
+    if json_out:
+        console.print_json(doc)
+    else:
+        console.out_console().print(ci_mod.markdown(doc), markup=False)
+    if not doc["passed"]:
+        raise CheckFailedError(ci_mod.failure_line(doc))
+
+
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
     """(Exit, Abort, ClickException) classes of click and of the copy of click that typer >= 0.2x vendors
     (``typer._click``, with ``typer.Exit`` / ``typer.Abort`` of its own): a usage error raised by either must

@@ -1,0 +1,123 @@
+"""``edgehybrid ci``: a strict config, a matrix run that writes its reports and baseline, sharding, and a
+baseline it no longer meets failing for the right reason."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from edgehybrid.ci import Config, Job, ModelConfig, load_config, shard
+
+CONFIG = """
+[ci]
+out = "out"
+baseline = "baseline.json"
+latency_rounds = 2
+latency_runs = 3
+latency_tolerance = 1.0
+accuracy_tolerance = 0.5
+
+[defaults]
+data = "bundled:cifar10/eval"
+max_images = 100
+
+[[model]]
+name = "mobilevit_xxs.cifar10"
+targets = ["onnx"]
+precisions = ["fp32", "int8"]
+"""
+
+
+def _config(tmp_path: Path, text: str = CONFIG) -> Path:
+    path = tmp_path / "edgehybrid.toml"
+    path.write_text(text)
+    return path
+
+
+def test_ci_runs_green_writes_reports_then_fails_on_a_baseline_it_no_longer_meets(cli, tmp_path):
+    config = _config(tmp_path)
+    code, out, err = cli("ci", "--config", config, "--update-baseline")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "ci-report.json").read_text())
+    assert report["passed"] and [j["id"] for j in report["jobs"]] == [
+        "mobilevit_xxs.cifar10/onnx/fp32", "mobilevit_xxs.cifar10/onnx/int8"]
+    for job in report["jobs"]:
+        assert job["status"] == "passed" and job["metrics"]["images"] == 100
+        assert job["metrics"]["artifact_top1_pct"] >= 70.0
+        assert 0 < job["latency"]["ratio"] < 10 and job["latency"]["reference"].startswith("FP32 PyTorch")
+    assert "| mobilevit_xxs.cifar10/onnx/int8 | passed |" in (tmp_path / "out" / "ci-report.md").read_text()
+    suite = ET.parse(tmp_path / "out" / "ci-junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == 10  # 3 checks + export + baseline, x2
+    baseline = json.loads((tmp_path / "baseline.json").read_text())
+    assert set(baseline["jobs"]) == {j["id"] for j in report["jobs"]}
+
+    # a baseline that this run cannot meet: fp32 used to be 4x faster relative to PyTorch, int8 more accurate
+    fp32, int8 = "mobilevit_xxs.cifar10/onnx/fp32", "mobilevit_xxs.cifar10/onnx/int8"
+    baseline["jobs"][fp32]["latency_ratio"] /= 4
+    baseline["jobs"][int8]["artifact_top1_pct"] += 5
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    code, out, err = cli("ci", "--config", config, "--json")
+    assert code == 1
+    doc = json.loads(out)
+    by_id = {j["id"]: j for j in doc["jobs"]}
+    assert by_id[fp32]["status"] == "failed" and any("latency regression" in f for f in by_id[fp32]["failures"])
+    assert by_id[int8]["status"] == "failed" and any("accuracy regression" in f for f in by_id[int8]["failures"])
+    assert not any("latency" in f for f in by_id[int8]["failures"])
+    assert err.strip().splitlines()[-1].startswith("error: ci failed: mobilevit_xxs.cifar10/onnx/fp32: latency regression")
+    failures = ET.parse(tmp_path / "out" / "ci-junit.xml").getroot().findall(".//failure")
+    assert len(failures) == 2
+
+
+def test_shards_split_the_matrix_round_robin_and_cover_it():
+    m = ModelConfig(name="m", targets=("onnx", "tflite", "coreml"), precisions=("fp32", "int8"))
+    cfg = Config(path=Path("x.toml"), models=(m,), out=Path("o"), baseline=Path("b.json"))
+    from edgehybrid.ci import jobs
+
+    all_jobs = jobs(cfg)
+    parts = [shard(all_jobs, i, 3) for i in (1, 2, 3)]
+    assert sorted(j.id for p in parts for j in p) == sorted(j.id for j in all_jobs) and all(len(p) == 2 for p in parts)
+    assert parts[0] == [Job(m, "onnx", "fp32"), Job(m, "tflite", "int8")]
+
+
+@pytest.mark.parametrize("text, pattern", [
+    (CONFIG.replace("latency_tolerance", "latency_tolerence"), r"unknown \[ci\] key 'latency_tolerence'; did you mean 'latency_tolerance'"),
+    (CONFIG.replace('targets = ["onnx"]', 'targets = ["onxx"]'), r"unknown target 'onxx'; did you mean 'onnx'"),
+    (CONFIG.replace('"int8"]', '"int4"]'), r"unknown precision 'int4'"),
+    (CONFIG.replace("bundled:cifar10/eval", "no/such/folder"), r"data 'no/such/folder' of model .* is not a folder"),
+    (CONFIG.replace("mobilevit_xxs.cifar10", "mobilevit_xxx.cifar10"), r"unknown model 'mobilevit_xxx'"),
+    (CONFIG + "\n[extra]\n", r"unknown top-level table 'extra'"),
+    ("[ci\n", r"not valid TOML"),
+    ("[ci]\nout = 'o'\n", r"lists no models"),
+])
+def test_bad_configs_fail_with_exit_2_in_one_line(cli, tmp_path, text, pattern):
+    code, out, err = cli("ci", "--config", _config(tmp_path, text))
+    assert code == 2, err
+    assert re.search(pattern, err), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--shard", "3/2"], r"--shard 3/2"),
+    (["--shard", "x"], r"--shard takes I/N"),
+    (["--targets", "tflite"], r"--targets tflite selects no job"),
+])
+def test_bad_ci_options_fail_with_exit_2(cli, tmp_path, args, pattern):
+    code, _, err = cli("ci", "--config", _config(tmp_path), *args)
+    assert code == 2 and re.search(pattern, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_baseline_is_a_clear_error(cli, tmp_path):
+    code, _, err = cli("ci", "--config", _config(tmp_path))
+    assert code == 2 and "create it with: edgehybrid ci --update-baseline" in err, err
+
+
+def test_config_is_parsed_with_paths_relative_to_it(tmp_path):
+    cfg = load_config(_config(tmp_path))
+    assert cfg.out == tmp_path / "out" and cfg.baseline == tmp_path / "baseline.json"
+    assert cfg.models[0].data.endswith("edgehybrid/data/cifar10/eval") and cfg.models[0].max_images == 100
