@@ -73,3 +73,27 @@ def test_cifar_sized_build_with_ten_classes(name):
 def test_kinds_cover_the_trade_off():
     kinds = {s.kind for s in registered().values()}
     assert kinds == {"convolution", "attention", "hybrid"}
+
+
+_BUNDLED = [f"{s.name}.{c.tag}" for s in registered().values() for c in s.checkpoints if c.bundled_file]
+
+
+def test_the_mobilevit_fixture_is_bundled():
+    assert "mobilevit_xxs.cifar10" in _BUNDLED
+
+
+@pytest.mark.parametrize("tagged", _BUNDLED)
+def test_bundled_fixture_loads_offline_and_agrees_with_its_model_card(tagged):
+    # every bundled tag ships its weights and card in the package; the strict loader takes every key
+    import json
+
+    from models_zoo.zoo import FIXTURES_DIR
+
+    loaded = load_model(tagged)
+    card = json.loads((FIXTURES_DIR / f"{tagged}.json").read_text())
+    assert loaded.weights.kind == "bundled" and loaded.classes == tuple(card["classes"])
+    assert list(loaded.spec.input_size) == card["input_size"] and loaded.spec.num_classes == card["num_classes"]
+    assert (FIXTURES_DIR / f"{tagged}.md").read_text().startswith(f"# {tagged}")
+    with torch.no_grad():
+        y = loaded.model(torch.zeros(1, 3, *loaded.spec.input_size))
+    assert y.shape == (1, card["num_classes"]) and torch.isfinite(y).all()
