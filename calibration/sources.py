@@ -25,6 +25,23 @@ from models_zoo.registry import Preprocessing
 
 CALIB_DIR = Path(__file__).resolve().parents[1] / "edgehybrid" / "data" / "calibration"
 DATA_DIR = CALIB_DIR.parent  # edgehybrid/data
+BUNDLED = "bundled:"  # a data path inside the installed package: bundled:cifar10/eval
+
+
+def data_path(value: str | Path, base: Path | None = None) -> Path:
+    """``bundled:<folder>`` names a folder of the package's own data (so it works on any install, from any
+    working directory); any other value is a path, relative to ``base`` when given."""
+    text = str(value)
+    if text.startswith(BUNDLED):
+        rel = text[len(BUNDLED):].strip("/")
+        folder = DATA_DIR / rel
+        if not rel or ".." in Path(rel).parts or not folder.is_dir():
+            known = sorted(str(d.relative_to(DATA_DIR)) for d in DATA_DIR.glob("*/*") if d.is_dir())
+            raise InputError(f"{text!r} is not a bundled data folder; bundled folders: "
+                             + ", ".join(BUNDLED + k for k in known))
+        return folder
+    p = Path(text).expanduser()
+    return p if p.is_absolute() or base is None else base / p
 SYNTHETIC = "synthetic"
 #: below this many readable images, activation ranges are guesses; refuse rather than quantize on them
 MIN_IMAGES = 4

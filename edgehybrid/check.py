@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from calibration.preprocess import IMAGE_SUFFIXES, load_pixels, normalize
+from calibration.sources import data_path
 from edgehybrid.drift import compare
 from edgehybrid.errors import InputError, suggest
 from models_zoo.registry import Preprocessing
@@ -98,7 +99,7 @@ def read_manifest(artifact: Path) -> dict:
 
 def read_dataset(data: Path, classes: list[str] | None) -> Dataset:
     """Images under ``data``: labelled when it holds only class sub-folders, unlabelled otherwise."""
-    data = Path(data)
+    data = data_path(data)
     if not data.is_dir():
         raise InputError(f"--data {str(data)!r} is not a folder; pass a folder of images (one sub-folder per "
                          "class for accuracy figures)")
@@ -166,7 +167,7 @@ def reference_model(manifest: dict, reference: str | None):
     return loaded, f"{manifest['model']} ({kind or 'checkpoint'} weights, from the manifest)"
 
 
-def _preprocessing(manifest: dict) -> tuple[Preprocessing, bool]:
+def preprocessing_of(manifest: dict) -> tuple[Preprocessing, bool]:
     p = dict(manifest["preprocessing"])
     in_graph = bool(p.pop("in_graph", False))
     for key in ("crop", "mean", "std"):
@@ -210,7 +211,7 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
         paths = [paths[i] for i in keep]
         labels = None if labels is None else labels[keep]
     loaded, ref_label = reference_model(manifest, reference)
-    pre, in_graph = _preprocessing(manifest)
+    pre, in_graph = preprocessing_of(manifest)
     session, executed, method, reason = open_session(manifest, artifact, threads)
     in_info, out_info = manifest["inputs"][0], manifest["outputs"][0]
     batch = int(manifest.get("batch") or 1)
@@ -228,7 +229,7 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
             with torch.no_grad():
                 refs.append(model(torch.from_numpy(normed)).numpy())
             feeds = pixels if in_graph else normed
-            outs.append(_run_batched(session, feeds, batch, in_info["name"], out_info["name"], nhwc))
+            outs.append(run_batched(session, feeds, batch, in_info["name"], out_info["name"], nhwc))
             if bar:
                 bar(len(chunk))
     finally:
@@ -275,7 +276,7 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
     }
 
 
-def _run_batched(session, x: np.ndarray, batch: int, in_name: str, out_name: str, nhwc: bool) -> np.ndarray:
+def run_batched(session, x: np.ndarray, batch: int, in_name: str, out_name: str, nhwc: bool) -> np.ndarray:
     """Feed ``x`` (N, 3, H, W) through a static-batch artifact, padding the last batch by repetition."""
     n = len(x)
     total = math.ceil(n / batch) * batch

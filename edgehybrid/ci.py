@@ -29,9 +29,9 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -40,7 +40,6 @@ from edgehybrid.errors import CheckFailedError, InputError, UnknownNameError
 SCHEMA = "edgehybrid.ci/1"
 BASELINE_SCHEMA = "edgehybrid.ci-baseline/1"
 PRECISIONS = ("fp32", "fp16", "int8")
-BUNDLED = "bundled:"
 _CI_KEYS = {"out", "baseline", "threads", "latency_tolerance", "accuracy_tolerance", "latency_rounds",
             "latency_runs"}
 
@@ -182,16 +181,8 @@ def _resolve(value: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def data_path(value: str, base: Path) -> Path:
-    """A config path: ``bundled:<folder>`` inside the package's data, else relative to the config file."""
-    if str(value).startswith(BUNDLED):
-        from calibration.sources import DATA_DIR
-
-        return DATA_DIR / str(value)[len(BUNDLED):]
-    return _resolve(value, base)
-
-
 def _model_config(d: dict, base: Path, fname: str) -> ModelConfig:
+    from calibration.sources import data_path
     from exporters.base import targets as all_targets
     from models_zoo.zoo import parse_ref
 
@@ -296,8 +287,10 @@ def run_ci(cfg: Config, *, shard_spec: str | None = None, update_baseline: bool 
         "host": _host(),
     }
     if update_baseline:
-        write_baseline(cfg.baseline, results, read_baseline(cfg.baseline, missing_ok=True))
-        log(f"updated the baseline {cfg.baseline} ({len(results)} jobs)")
+        good = [r for r in results if r.status == "passed"]  # a failing job must not become the new normal
+        write_baseline(cfg.baseline, good, read_baseline(cfg.baseline, missing_ok=True))
+        log(f"updated the baseline {cfg.baseline} ({len(good)} jobs"
+            + (f"; {len(results) - len(good)} failed jobs not recorded)" if len(good) < len(results) else ")"))
     return doc
 
 
@@ -384,9 +377,9 @@ def measure_latency(artifact: Path, manifest: dict, cfg: Config) -> dict:
             out.append((time.perf_counter() - t) * 1e3)
         return out
 
-    run_artifact = lambda: session.run(feed)  # noqa: E731
+    run_artifact = lambda: session.run(feed)
     with torch.no_grad():
-        run_torch = lambda: model(x)  # noqa: E731
+        run_torch = lambda: model(x)
         for _ in range(3):  # warm-up: first runs allocate and pick kernels
             run_artifact()
             run_torch()
@@ -467,8 +460,8 @@ def compare_baseline(r: JobResult, base: dict | None, cfg: Config) -> dict:
 def markdown(doc: dict) -> str:
     verdict = "PASS" if doc["passed"] else "FAIL"
     lines = [f"## edgehybrid ci: {verdict} (shard {doc['shard']}, {len(doc['jobs'])} jobs)", "",
-             "| job | status | top-1 ref / artifact | drop | agreement | cosine | latency ms | vs FP32 PyTorch | "
-             "vs baseline |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             ("| job | status | top-1 ref / artifact | drop | agreement | cosine | latency ms | vs FP32 PyTorch | "
+             "vs baseline |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for j in doc["jobs"]:
         m, lat, b = j["metrics"], j["latency"], j["baseline"] or {}
         acc = (f"{m['reference_top1_pct']:.2f}% / {m['artifact_top1_pct']:.2f}%" if "artifact_top1_pct" in m else "-")

@@ -240,7 +240,8 @@ def check_cmd(
     artifact: Path = typer.Argument(..., help="An exported artifact (.onnx, .tflite, .mlpackage) with its manifest."),
     data: Path = typer.Option(
         ..., "--data", help="Folder of images: one sub-folder per class (named as the model's classes) for "
-        "accuracy, or loose images for agreement figures only.",
+        "accuracy, or loose images for agreement figures only. bundled:cifar10/eval names the package's own "
+        "500 labelled CIFAR-10 validation images.",
     ),
     reference: Optional[str] = typer.Option(
         None, "--reference", help="FP32 reference: a zoo name[.tag] or a weights file (default: the manifest's model)."

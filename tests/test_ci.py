@@ -94,7 +94,7 @@ def test_shards_split_the_matrix_round_robin_and_cover_it():
     ("[ci]\nout = 'o'\n", r"lists no models"),
 ])
 def test_bad_configs_fail_with_exit_2_in_one_line(cli, tmp_path, text, pattern):
-    code, out, err = cli("ci", "--config", _config(tmp_path, text))
+    code, _out, err = cli("ci", "--config", _config(tmp_path, text))
     assert code == 2, err
     assert re.search(pattern, err), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
