@@ -405,7 +405,15 @@ def int8_nodes(layers: dict[str, Layer], float_kinds: Iterable[str] = ()) -> set
             for node, kind in zip(layer.nodes, layer.kinds) if kind not in skip}
 
 
-def finalize(cal: Calibrated, float_kinds: Iterable[str] = (), fold_quantize: bool = True) -> torch.fx.GraphModule:
+def float_output_nodes(layers: dict[str, Layer], kinds: Iterable[str] = ()) -> set[str]:
+    """Nodes of ``kinds`` (``Exporter.float_output_kinds``): int8 ops the target can run with a float output
+    (ONNX Runtime's MatMulIntegerToFloat), so one feeding only float ops needs no quantized output."""
+    keep = set(kinds)
+    return {node for layer in layers.values() for node, kind in zip(layer.nodes, layer.kinds) if kind in keep}
+
+
+def finalize(cal: Calibrated, float_kinds: Iterable[str] = (), fold_quantize: bool = True,
+             float_output_kinds: Iterable[str] = ()) -> torch.fx.GraphModule:
     """The quantized graph for the plan: observers that serve no int8 node are removed, the rest become
     quantize/dequantize pairs (``convert_pt2e``). The calibrated graph itself is left untouched."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
@@ -416,12 +424,13 @@ def finalize(cal: Calibrated, float_kinds: Iterable[str] = (), fold_quantize: bo
         raise EdgeHybridError("every layer is in float: there is nothing left to quantize; loosen --max-drift "
                               "or drop --float-layers")
     skipped = int8_nodes(cal.layers) - int8  # int8 layers' nodes a target runs in float
+    float_out = float_output_nodes(cal.layers, float_output_kinds)
     graph = prepared.graph
     for node in list(graph.nodes):
         edge = observer_edge(node)
         if edge is None:
             continue
-        if not keep_edge(*edge, int8, skipped):
+        if not keep_edge(*edge, int8, skipped, float_out):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     graph.eliminate_dead_code()
@@ -447,10 +456,16 @@ class QuantizedGraph(nn.Module):
         return self.quantized(x)
 
 
-def keep_edge(producers: set[str], consumers: set[str], int8: set[str], skipped: set[str]) -> bool:
-    """Whether an observed edge is quantized: an int8 node consumes it, or an int8 node produces it and not
-    every consumer is a node the target keeps in float (there a float output feeds the float op directly)."""
-    return bool(consumers & int8) or bool(producers & int8 and not consumers <= skipped)
+def keep_edge(producers: set[str], consumers: set[str], int8: set[str], skipped: set[str],
+              float_out: set[str] = frozenset()) -> bool:
+    """Whether an observed edge is quantized: an int8 node consumes it, or an int8 node produces it, unless
+    every consumer is a node the target keeps in float and every int8 producer can hand it a float output
+    (``float_out``). Elsewhere an int8 op needs its int8 output: without it, converters fall back to a
+    float kernel for the op itself (LiteRT's CONV_2D / FULLY_CONNECTED run on dequantized weights)."""
+    if consumers & int8:
+        return True
+    made = producers & int8
+    return bool(made) and not (consumers <= skipped and made <= float_out)
 
 
 def observer_edge(node: torch.fx.Node) -> tuple[set[str], set[str]] | None:

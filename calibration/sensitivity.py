@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from calibration.quantize import Calibrated, int8_nodes, keep_edge, observer_edge
+from calibration.quantize import Calibrated, float_output_nodes, int8_nodes, keep_edge, observer_edge
 from edgehybrid.drift import compare
 
 #: a float island still pays for a quantize/dequantize pair: cost floor, as a share of the model's MACs
@@ -58,9 +58,11 @@ class Simulator:
     cal: Calibrated
     held_out: torch.Tensor
     float_kinds: tuple[str, ...] = ()
+    float_output_kinds: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.graph = copy.deepcopy(self.cal.prepared)
+        self.float_out = float_output_nodes(self.cal.layers, self.float_output_kinds)
         self.edges: dict[str, tuple[set[str], set[str]]] = {}
         for node in self.graph.graph.nodes:
             edge = observer_edge(node)
@@ -72,7 +74,7 @@ class Simulator:
 
     def _run(self, int8: set[str], skipped: set[str]) -> torch.Tensor:
         for name, (producers, consumers) in self.edges.items():
-            getattr(self.graph, name).enabled = keep_edge(producers, consumers, int8, skipped)
+            getattr(self.graph, name).enabled = keep_edge(producers, consumers, int8, skipped, self.float_out)
         with torch.no_grad():
             return torch.cat([self.graph(self.held_out[i:i + self.batch]) for i in
                               range(0, len(self.held_out) - self.batch + 1, self.batch)])

@@ -67,6 +67,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     """Calibrate ``model`` and return the quantized graph for ``exporter``'s target with its report.
     ``bundled_calib``: the checkpoint's own bundled calibration images, used when ``req.calib`` is None."""
     float_kinds = tuple(getattr(exporter, "float_kinds", ()))
+    float_output_kinds = tuple(getattr(exporter, "float_output_kinds", ()))
     source = open_source(req.calib, spec.preprocessing, tuple(example.shape[1:]), req.calib_size, req.seed, log,
                          bundled=bundled_calib)
     total = len(source)
@@ -90,7 +91,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     steps: list[dict] = []
     measured: dict = {"held_out_samples": holdout}
     if cal.held_out is not None:
-        sim = Simulator(cal, cal.held_out, float_kinds)
+        sim = Simulator(cal, cal.held_out, float_kinds, float_output_kinds)
         measured["all_int8_sqnr_db"] = _db(sim.plan_sqnr())
         if req.sensitivity or req.max_drift is not None:
             ranking = measure_sensitivity(sim)
@@ -107,7 +108,8 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
         raise InputError("--sensitivity / --max-drift need held-out samples: pass at least "
                          f"{4 * example.shape[0]} calibration samples (--calib, --calib-size)")
 
-    graph = finalize(cal, float_kinds, fold_quantize=getattr(exporter, "fold_quantize", True))
+    graph = finalize(cal, float_kinds, fold_quantize=getattr(exporter, "fold_quantize", True),
+                     float_output_kinds=float_output_kinds)
     n_float = sum(1 for x in cal.layers.values() if x.precision == "float")
     log(f"INT8 plan: {len(cal.layers) - n_float} layers int8, {n_float} float"
         + (f"; {', '.join(float_kinds)} in float on {exporter.name}" if float_kinds else "")

@@ -88,6 +88,9 @@ class Exporter(Protocol):
     # op kinds (calibration.quantize) this target runs in float even in an int8 layer, because its int8
     # kernel measured slower than float plus the quantize/dequantize around it
     float_kinds: ClassVar[tuple[str, ...]]
+    # kinds whose int8 kernel can write a float output, so an int8 op feeding only float ops needs no
+    # quantized output there (ONNX Runtime's MatMulIntegerToFloat); elsewhere the output stays int8
+    float_output_kinds: ClassVar[tuple[str, ...]]
     fold_quantize: ClassVar[bool]  # int8 weights stored folded (True) or as float + quantize (converter needs)
 
     def check_available(self) -> None:

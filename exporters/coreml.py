@@ -105,6 +105,7 @@ class CoreMLExporter:
 
     int8_modes: ClassVar[tuple[str, ...]] = ("full", "weights")
     float_kinds: ClassVar[tuple[str, ...]] = ()
+    float_output_kinds: ClassVar[tuple[str, ...]] = ()
     fold_quantize: ClassVar[bool] = True
 
     def reference_session(self, path: Path):

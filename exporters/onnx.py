@@ -86,6 +86,7 @@ class OnnxExporter:
     #: ONNX Runtime's QLinearSoftmax took 3.7 ms per inference on mobilevit_s against 0.5 ms for float Softmax
     #: (2 threads, ORT profiler): softmax stays float, fed by MatMulIntegerToFloat, and is quantized after
     float_kinds: ClassVar[tuple[str, ...]] = ("softmax",)
+    float_output_kinds: ClassVar[tuple[str, ...]] = ("linear", "matmul")  # MatMulIntegerToFloat
     fold_quantize: ClassVar[bool] = True
 
     def check_available(self) -> None:

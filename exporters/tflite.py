@@ -86,7 +86,12 @@ class TFLiteExporter:
     runtime: ClassVar[str] = "litert"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     int8_modes: ClassVar[tuple[str, ...]] = ("full",)
-    float_kinds: ClassVar[tuple[str, ...]] = ()  # LiteRT has int8 kernels for every kind the plan quantizes
+    #: LiteRT has int8 kernels for these kinds, but on its XNNPACK CPU path they measured slower than float
+    #: plus the QUANTIZE / DEQUANTIZE around them (mobilevit_s, 2 threads: 0.57x FP32 with every kind in int8,
+    #: 1.14x with these four in float; efficientformer_l1 1.21x). Convolutions and linears stay int8 with an
+    #: int8 output; a DEQUANTIZE feeds the float op.
+    float_kinds: ClassVar[tuple[str, ...]] = ("sigmoid", "mul", "softmax", "matmul")
+    float_output_kinds: ClassVar[tuple[str, ...]] = ()  # every int8 LiteRT kernel writes int8
     fold_quantize: ClassVar[bool] = False  # litert-torch lowers float weights + quantize, not folded int8
 
     def check_available(self) -> None:
