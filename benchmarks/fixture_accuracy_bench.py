@@ -1,0 +1,86 @@
+"""FP32 vs INT8 accuracy of a trained fixture on every executable target, side by side in one run.
+
+Exports the fixture (default ``mobilevit_xxs.cifar10``) to ONNX and TFLite in FP32 and INT8 (calibrated on
+its bundled training images), runs each artifact on its runtime over the bundled labelled validation
+images (never trained on, never calibrated on), and prints top-1 per artifact next to the FP32 PyTorch
+model's, the INT8 drop, and the ONNX-vs-TFLite INT8 top-1 agreement on the same images.
+
+    python benchmarks/fixture_accuracy_bench.py [--model mobilevit_xxs.cifar10] [--data DIR] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore")
+
+from calibration.preprocess import load_pixels, normalize
+from calibration.sources import DATA_DIR
+from edgehybrid.check import (
+    open_session,
+    preprocessing_of,
+    read_dataset,
+    read_manifest,
+    run_batched,
+)
+from edgehybrid.int8 import Int8Request
+from edgehybrid.pipeline import ExportRequest, run_export
+from exporters.base import ExportOptions
+from models_zoo import load_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mobilevit_xxs.cifar10")
+    p.add_argument("--data", type=Path, default=DATA_DIR / "cifar10" / "eval")
+    p.add_argument("--targets", nargs="+", default=["onnx", "tflite"])
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model)
+    data = read_dataset(args.data, list(loaded.classes))
+    logits: dict[tuple[str, str], np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in args.targets:
+            for precision in ("fp32", "int8"):
+                req = ExportRequest(model=args.model, target=target, out_dir=Path(tmp) / target,
+                                    options=ExportOptions(precision=precision), threads=args.threads,
+                                    int8=Int8Request() if precision == "int8" else None)
+                manifest = run_export(req)
+                artifact = Path(tmp) / target / Path(manifest["artifact"]).name
+                manifest = read_manifest(artifact)
+                pre, in_graph = preprocessing_of(manifest)
+                session, _executed, _method, _ = open_session(manifest, artifact, args.threads)
+                pixels = np.stack([load_pixels(f, pre) for f in data.paths])
+                x = normalize(pixels, pre)
+                if ("pytorch", "fp32") not in logits:
+                    with torch.no_grad():
+                        logits[("pytorch", "fp32")] = loaded.model(torch.from_numpy(x)).numpy()
+                inp, out = manifest["inputs"][0], manifest["outputs"][0]
+                logits[(target, precision)] = run_batched(session, pixels if in_graph else x, manifest["batch"],
+                                                           inp["name"], out["name"], inp.get("layout") == "NHWC")
+    labels = data.labels
+    ref = float((logits[("pytorch", "fp32")].argmax(1) == labels).mean() * 100)
+    print(f"# {args.model} on {len(labels)} labelled validation images ({args.data}), {args.threads} threads")
+    print(f"{'artifact':18s} {'top-1 %':>8s} {'vs PyTorch FP32':>16s}")
+    print(f"{'pytorch fp32':18s} {ref:8.2f} {'':>16s}")
+    for (target, precision), out in logits.items():
+        if target == "pytorch":
+            continue
+        acc = float((out.argmax(1) == labels).mean() * 100)
+        print(f"{target + ' ' + precision:18s} {acc:8.2f} {acc - ref:+15.2f} pts")
+    if ("onnx", "int8") in logits and ("tflite", "int8") in logits:
+        agree = float((logits[("onnx", "int8")].argmax(1) == logits[("tflite", "int8")].argmax(1)).mean() * 100)
+        print(f"ONNX vs TFLite INT8 top-1 agreement: {agree:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
