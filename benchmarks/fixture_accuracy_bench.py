@@ -48,6 +48,7 @@ def main() -> None:
     loaded = load_model(args.model)
     data = read_dataset(args.data, list(loaded.classes))
     logits: dict[tuple[str, str], np.ndarray] = {}
+    decoded: dict[str, np.ndarray] = {}  # every artifact of one model shares its preprocessing: decode once
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets:
             for precision in ("fp32", "int8"):
@@ -59,7 +60,10 @@ def main() -> None:
                 manifest = read_manifest(artifact)
                 pre, in_graph = preprocessing_of(manifest)
                 session, _executed, _method, _ = open_session(manifest, artifact, args.threads)
-                pixels = np.stack([load_pixels(f, pre) for f in data.paths])
+                key = repr(pre)
+                if key not in decoded:
+                    decoded[key] = np.stack([load_pixels(f, pre) for f in data.paths])
+                pixels = decoded[key]
                 x = normalize(pixels, pre)
                 if ("pytorch", "fp32") not in logits:
                     with torch.no_grad():

@@ -9,6 +9,7 @@ Two steps, kept apart because an artifact may fold the second into its graph (``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,11 @@ def load_batch(paths: list[Path], pre: Preprocessing, normalized: bool = True) -
     """Several images as one (N, 3, H, W) float32 batch."""
     pixels = np.stack([load_pixels(p, pre) for p in paths])
     return normalize(pixels, pre) if normalized else pixels
+
+
+def batched(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Split N samples into static batches, repeating samples to fill the last one."""
+    total = math.ceil(len(x) / batch) * batch
+    if total != len(x):
+        x = x[np.arange(total) % len(x)]
+    return [np.ascontiguousarray(x[i:i + batch]) for i in range(0, total, batch)]

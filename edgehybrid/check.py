@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.preprocess import IMAGE_SUFFIXES, load_pixels, normalize
+from calibration.preprocess import IMAGE_SUFFIXES, batched, load_pixels, normalize
 from calibration.sources import data_path
 from edgehybrid.drift import compare
 from edgehybrid.errors import InputError, suggest
@@ -278,18 +278,13 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
 
 def run_batched(session, x: np.ndarray, batch: int, in_name: str, out_name: str, nhwc: bool) -> np.ndarray:
     """Feed ``x`` (N, 3, H, W) through a static-batch artifact, padding the last batch by repetition."""
-    n = len(x)
-    total = math.ceil(n / batch) * batch
-    if total != n:
-        x = x[np.arange(total) % n]
     out = []
-    for i in range(0, total, batch):
-        b = x[i:i + batch]
+    for b in batched(x, batch):
         if nhwc:
             b = b.transpose(0, 2, 3, 1)
         result = session.run({in_name: np.ascontiguousarray(b, dtype=np.float32)})
         out.append(np.asarray(result[out_name], dtype=np.float32).reshape(batch, -1))
-    return np.concatenate(out)[:n]
+    return np.concatenate(out)[:len(x)]
 
 
 def _topk_acc(logits: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -7,7 +7,6 @@ and its manifest renamed into place. A failed export or validation leaves the ou
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.preprocess import find_images, load_batch, normalize, sample_images
+from calibration.preprocess import batched, find_images, load_batch, normalize, sample_images
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import compare
 from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
@@ -110,11 +109,11 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     pixels = load_batch(images, spec.preprocessing, normalized=False)  # decode once; normalize only if needed
     graph = NormalizeInGraph(loaded.model, spec.preprocessing).eval() if options.normalize_in_graph else loaded.model
     feeds_nchw = pixels if options.normalize_in_graph else normalize(pixels, spec.preprocessing)
-    example = torch.from_numpy(_batched(feeds_nchw, options.batch)[0])
+    example = torch.from_numpy(batched(feeds_nchw, options.batch)[0])
     fp32_graph, quant = None, None
     if options.precision == "int8" and options.int8_mode == "full":
         t = time.perf_counter()
-        norm_example = torch.from_numpy(_batched(normalize(pixels, spec.preprocessing), options.batch)[0])
+        norm_example = torch.from_numpy(batched(normalize(pixels, spec.preprocessing), options.batch)[0])
         ckpt = parse_ref(req.model)[1]
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress,
                                     bundled_calib=ckpt.calibration if ckpt is not None else None)
@@ -179,20 +178,12 @@ def _validation_images(req: ExportRequest) -> list[Path]:
     return images[: max(req.max_images, req.options.batch)]
 
 
-def _batched(x: np.ndarray, batch: int) -> list[np.ndarray]:
-    """Split N samples into static batches, repeating samples to fill the last one."""
-    total = math.ceil(len(x) / batch) * batch
-    if total != len(x):
-        x = x[np.arange(total) % len(x)]
-    return [np.ascontiguousarray(x[i:i + batch]) for i in range(0, total, batch)]
-
-
 def validate(exporter, artifact: Artifact, graph: nn.Module, feeds_nchw: np.ndarray, batch: int, threads: int,
              images: list[Path], fp32_graph: nn.Module | None = None) -> dict:
     """Run the artifact on its runtime over the validation inputs and compare with the PyTorch graph (for
     INT8, the quantized graph: the conversion is what is validated); with ``fp32_graph``, also report the
     drift of the artifact against the FP32 model."""
-    batches = _batched(feeds_nchw, batch)
+    batches = batched(feeds_nchw, batch)
     with torch.no_grad():
         reference = np.concatenate([graph(torch.from_numpy(b)).numpy() for b in batches])
     result: dict = {"runtime": exporter.runtime, "samples": len(reference), "images": [p.name for p in images],
