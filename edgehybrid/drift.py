@@ -10,6 +10,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+#: Below this reference spread top-1 agreement is not assessed. Measured on the bundled photos: random-init
+#: mobilevit_s 6e-4 and mobilevit_xxs 3e-3 (one class wins every image by a constant margin), random-init
+#: efficientformer_l1 0.56 and efficientformerv2_s0 0.42, the trained mobilevit_xxs.cifar10 fixture 1.4.
+MIN_SPREAD = 1e-2
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The figures for one output: errors, similarity, and whether the predicted class agrees."""
@@ -22,9 +28,21 @@ class Comparison:
     top1_agreement: float  # fraction of samples whose argmax agrees (within ``tie`` of the reference's top logit)
     samples: int
     tie: float = 0.0  # reference logits closer than this count as the same rank (an int8 output's step)
+    #: how much the reference's logits move across the samples: the largest per-class range over
+    #: max |reference|. Near 0 the model answers the same whatever the input (random weights).
+    reference_spread: float = 1.0
+
+    @property
+    def top1_informative(self) -> bool:
+        """Whether top-1 agreement says anything: not when the reference gives the same logits for every
+        sample. Then its top classes are separated by a constant margin that has nothing to do with the
+        input, and which of them an artifact picks depends only on its rounding (see :data:`MIN_SPREAD`)."""
+        return self.samples < 2 or self.reference_spread >= MIN_SPREAD
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out["top1_informative"] = self.top1_informative
+        return out
 
 
 def compare(reference: np.ndarray, actual: np.ndarray, tie: float = 0.0) -> Comparison:
@@ -46,7 +64,16 @@ def compare(reference: np.ndarray, actual: np.ndarray, tie: float = 0.0) -> Comp
         top1_agreement=top1_agreement(ref, act, tie),
         samples=len(ref),
         tie=float(tie),
+        reference_spread=float((ref.max(0) - ref.min(0)).max() / scale),
     )
+
+
+def top1_text(metrics: dict) -> str:
+    """The top-1 agreement of a serialized :class:`Comparison`, or why it was not assessed."""
+    if metrics.get("top1_informative", True):
+        return f"top-1 agreement {metrics['top1_agreement']:.0%}"
+    return (f"top-1 agreement not assessed (the reference gives the same logits for every input, spread "
+            f"{metrics['reference_spread']:.1e}: random weights?)")
 
 
 def top1_agreement(ref: np.ndarray, act: np.ndarray, tie: float = 0.0) -> float:
@@ -91,7 +118,7 @@ class Tolerance:
             out.append(f"max-abs {c.max_abs:.3g} > {limit:.3g}")
         if not c.cosine >= self.min_cosine:
             out.append(f"cosine {c.cosine:.6f} < {self.min_cosine}")
-        if not c.top1_agreement >= self.min_top1_agreement:
+        if c.top1_informative and not c.top1_agreement >= self.min_top1_agreement:
             out.append(f"top-1 agreement {c.top1_agreement:.1%} < {self.min_top1_agreement:.0%}")
         return out
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from edgehybrid.drift import top1_text
+
 
 def render_summary(m: dict, out: Console) -> None:
     table = Table(show_header=False, title=f"{m['model']} -> {m['target']} ({m['precision']})", title_justify="left")
@@ -25,7 +27,7 @@ def render_summary(m: dict, out: Console) -> None:
         verdict = "passed" if v["passed"] else "FAILED"
         how = v["method"] if v["executed"] else f"{v['method']} (not executed: {v['reason']})"
         table.add_row("validation", f"{verdict} on {c['samples']} images via {how}: max-abs {c['max_abs']:.2e}, "
-                      f"cosine {c['cosine']:.6f}, top-1 agreement {c['top1_agreement']:.0%}")
+                      f"cosine {c['cosine']:.6f}, {top1_text(c)}")
     else:
         table.add_row("validation", f"not executed: {v.get('reason')}")
     table.add_row("time", ", ".join(f"{k} {t:.2f}s" for k, t in m["timings_s"].items() if "." not in k))

@@ -19,7 +19,7 @@ from torch import nn
 
 from calibration.preprocess import batched, find_images, load_batch, normalize, sample_images
 from edgehybrid import manifest as manifest_mod
-from edgehybrid.drift import compare
+from edgehybrid.drift import compare, top1_text
 from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
 from edgehybrid.fsutil import ensure_writable_dir, move_into_place, staging_dir, write_json_atomic, write_text_atomic
 from edgehybrid.runtimes import RuntimeUnavailable, get_runtime
@@ -228,4 +228,4 @@ def _describe_validation(v: dict, seconds: float) -> str:
     head = "validated" if v["passed"] else "VALIDATION FAILED"
     how = "" if v["executed"] else f" [{v['method']}; not executed: {v['reason']}]"
     return (f"{head} on {m['samples']} images in {seconds:.2f}s: max-abs {m['max_abs']:.2e}, "
-            f"cosine {m['cosine']:.6f}, top-1 agreement {m['top1_agreement']:.0%}{how}")
+            f"cosine {m['cosine']:.6f}, {top1_text(m)}{how}")
