@@ -86,11 +86,15 @@ class TFLiteExporter:
     runtime: ClassVar[str] = "litert"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     int8_modes: ClassVar[tuple[str, ...]] = ("full",)
-    #: LiteRT has int8 kernels for these kinds, but on its XNNPACK CPU path they measured slower than float
-    #: plus the QUANTIZE / DEQUANTIZE around them (mobilevit_s, 2 threads: 0.57x FP32 with every kind in int8,
-    #: 1.14x with these four in float; efficientformer_l1 1.21x). Convolutions and linears stay int8 with an
-    #: int8 output; a DEQUANTIZE feeds the float op.
-    float_kinds: ClassVar[tuple[str, ...]] = ("sigmoid", "mul", "softmax", "matmul")
+    #: LiteRT runs only the weighted ops (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) from the plan in int8;
+    #: every other kind stays float, fed by a DEQUANTIZE of the conv's int8 output. XNNPACK's int8 kernels for
+    #: the rest, and the QUANTIZE / DEQUANTIZE they add at each float boundary, measured slower than float
+    #: (2 threads, alternating runs, one process): efficientformer_l1 2.29x FP32 this way against 1.82x with
+    #: add / layer_norm / gelu / pooling in int8 and 2.00x for litert-torch's default recipe; mobilevit_s
+    #: 1.71x against 1.69x and 1.68x; with every kind in int8 mobilevit_s ran at 0.57x. The converter still
+    #: fuses a DEQUANTIZE -> op -> QUANTIZE sandwich into the op's int8 kernel where it has one (GELU, PAD).
+    float_kinds: ClassVar[tuple[str, ...]] = ("matmul", "add", "mul", "sigmoid", "softmax", "layer_norm", "gelu",
+                                              "act", "pool", "cat")
     float_output_kinds: ClassVar[tuple[str, ...]] = ()  # every int8 LiteRT kernel writes int8
     fold_quantize: ClassVar[bool] = False  # litert-torch lowers float weights + quantize, not folded int8
 
@@ -146,8 +150,11 @@ class TFLiteExporter:
             )
 
         if options.precision == "int8":
-            details["quantization"] = ("full int8 (edgehybrid's calibrated plan): int8 weights and activations, "
-                                       "float32 input and output with QUANTIZE / DEQUANTIZE at the edges")
+            details["quantization"] = (
+                "static int8 (edgehybrid's calibrated plan): int8 weights, int8 activations into and out of every "
+                "convolution and fully-connected op; the other ops run in float between DEQUANTIZE and QUANTIZE "
+                "(see the manifest's quantization.target_float_kinds) unless the converter fused them into an "
+                "int8 kernel")
         t = time.perf_counter()
         out = Path(out)
         out.write_bytes(flatbuffer)
@@ -168,6 +175,7 @@ class TFLiteExporter:
             signatures=sorted(info["signatures"]),
             nhwc=nhwc,
             op_counts=info["op_counts"],
+            int8_op_counts=info["int8_op_counts"],
             tensor_dtypes=info["tensor_dtypes"],
             weights=info["weights"],
             size_bytes=len(flatbuffer),
@@ -243,6 +251,7 @@ def inspect_flatbuffer(buf: bytes) -> dict:
     type_names[schema.TensorType.FLOAT32] = "float32"
 
     ops: Counter = Counter()
+    int8_ops: Counter = Counter()  # ops whose output is int8: the ones that run an int8 kernel
     dtypes: Counter = Counter()
     weight_elems: Counter = Counter()
     for s in range(model.SubgraphsLength()):
@@ -255,6 +264,9 @@ def inspect_flatbuffer(buf: bytes) -> dict:
             if op == schema.BuiltinOperator.CUSTOM and code.CustomCode():
                 name = "CUSTOM:" + code.CustomCode().decode()
             ops[name] += 1
+            operator = sg.Operators(i)
+            if operator.OutputsLength() and sg.Tensors(operator.Outputs(0)).Type() == schema.TensorType.INT8:
+                int8_ops[name] += 1
         for i in range(sg.TensorsLength()):
             tensor = sg.Tensors(i)
             dtype = type_names.get(tensor.Type(), str(tensor.Type()))
@@ -284,6 +296,7 @@ def inspect_flatbuffer(buf: bytes) -> dict:
     return {
         "signatures": signatures,
         "op_counts": dict(ops.most_common()),
+        "int8_op_counts": dict(int8_ops.most_common()),
         "tensor_dtypes": sorted(dtypes),
         "weights": {f"{dtype}_elements": n for dtype, n in sorted(weight_elems.items())},
     }

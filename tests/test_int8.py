@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from calibration.quantize import calibrate, capture, finalize
+from torch import nn
 from calibration.sensitivity import (
     Simulator,
     drift_of,
@@ -117,6 +118,41 @@ def test_calibration_finds_hybrid_layers_and_holds_samples_out(calibrated):
     assert calibrated.samples == 16 and len(calibrated.held_out) == 8
 
 
+class _ScaledBranch(nn.Module):
+    """conv -> BatchNorm -> LayerScale (one value per channel), and a linear -> LayerScale, as in
+    EfficientFormer; plus a conv whose output has a second user, which must not be folded."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.shared = nn.Conv2d(8, 8, 1, bias=False)
+        self.fc = nn.Linear(8, 5)
+        self.fc_gamma = nn.Parameter(torch.rand(5) + 0.5)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x)) * self.gamma.view(1, -1, 1, 1)
+        y = self.shared(x)
+        x = y * self.gamma.view(1, -1, 1, 1) + y
+        return self.fc(x.mean((2, 3))) * self.fc_gamma
+
+
+def test_capture_folds_batchnorm_and_channel_scales_into_convs_and_linears():
+    torch.manual_seed(0)
+    model = _ScaledBranch().eval()
+    model.bn.running_mean.normal_(0, 0.5)
+    model.bn.running_var.uniform_(0.5, 2.0)
+    model.bn.weight.data.normal_(1, 0.3)
+    x = torch.randn(2, 3, 8, 8)
+    gm = capture(model, x)
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.batch_norm.default not in ops
+    # conv's and fc's scales folded; the second conv feeds both a mul and an add, so its mul stays
+    assert ops.count(torch.ops.aten.mul.Tensor) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_float_layers_leave_the_quantized_graph(calibrated):
     cal = calibrated
     attn = next(n for n, layer in cal.layers.items() if "matmul" in layer.kinds)
@@ -180,7 +216,12 @@ def test_int8_export_validates_on_every_target(cli, tmp_path, target):
         assert "Softmax" in m["details"]["onnxruntime_optimized_ops"]["float_compute"]
     if target == "tflite":
         assert m["inputs"][0]["dtype"] == "int8" and m["inputs"][0]["scale"] > 0
-        assert "int8" in json.dumps(m["details"]["tensor_dtypes"])
+        ops, int8_ops = m["details"]["op_counts"], m["details"]["int8_op_counts"]
+        # every convolution and linear runs its int8 kernel; the attention's softmax stays float
+        assert ops["CONV_2D"] + ops["DEPTHWISE_CONV_2D"] + ops["FULLY_CONNECTED"] == (
+            int8_ops["CONV_2D"] + int8_ops["DEPTHWISE_CONV_2D"] + int8_ops["FULLY_CONNECTED"])
+        assert ops["SOFTMAX"] > 0 and "SOFTMAX" not in int8_ops
+        assert set(m["quantization"]["target_float_kinds"]) >= {"softmax", "layer_norm", "add"}
     if target == "coreml":
         ops = m["details"]["op_counts"] if "op_counts" in m["details"] else m["details"]["inspection"]["op_counts"]
         assert ops.get("quantize", 0) > 0 and ops.get("dequantize", 0) > 0
