@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, register
+from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, cifar10_fixture, register
 
 # per variant: widths, depths, attention blocks at the end of stages 2 and 3, per-block FFN ratios
 _ARCHS = {
@@ -390,6 +390,7 @@ for _variant, (_params, _gmacs, _top1, _latency) in _PUBLISHED.items():
             source=_SOURCE.format(name=_name),
         ),
         input_divisor=32,
-        checkpoints=(Checkpoint(tag="snap_dist_in1k", hf_hub_id=f"timm/{_name}.snap_dist_in1k"),),
+        checkpoints=(Checkpoint(tag="snap_dist_in1k", hf_hub_id=f"timm/{_name}.snap_dist_in1k"),)
+        + ((cifar10_fixture(_name, _PREPROCESSING),) if _variant == "s0" else ()),
         default_tag="snap_dist_in1k",
     ))
