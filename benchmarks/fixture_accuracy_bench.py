@@ -43,6 +43,9 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA_DIR / "cifar10" / "eval")
     p.add_argument("--targets", nargs="+", default=["onnx", "tflite"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calib-method", default="minmax", help="activation observer (export's --calib-method)")
+    p.add_argument("--holdout", type=int, default=8, help="calibration samples held out to measure drift")
+    p.add_argument("--max-drift", type=float, default=None, help="the INT8 plan's drift budget (export's --max-drift)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
@@ -54,7 +57,7 @@ def main() -> None:
             for precision in ("fp32", "int8"):
                 req = ExportRequest(model=args.model, target=target, out_dir=Path(tmp) / target,
                                     options=ExportOptions(precision=precision), threads=args.threads,
-                                    int8=Int8Request() if precision == "int8" else None)
+                                    int8=Int8Request(method=args.calib_method, max_drift=args.max_drift, holdout=args.holdout) if precision == "int8" else None)
                 manifest = run_export(req)
                 artifact = Path(tmp) / target / Path(manifest["artifact"]).name
                 manifest = read_manifest(artifact)
@@ -74,13 +77,15 @@ def main() -> None:
     labels = data.labels
     ref = float((logits[("pytorch", "fp32")].argmax(1) == labels).mean() * 100)
     print(f"# {args.model} on {len(labels)} labelled validation images ({args.data}), {args.threads} threads")
-    print(f"{'artifact':18s} {'top-1 %':>8s} {'vs PyTorch FP32':>16s}")
-    print(f"{'pytorch fp32':18s} {ref:8.2f} {'':>16s}")
+    fp32 = logits[("pytorch", "fp32")].argmax(1)
+    print(f"{'artifact':18s} {'top-1 %':>8s} {'vs PyTorch FP32':>16s} {'agrees with FP32':>17s}")
+    print(f"{'pytorch fp32':18s} {ref:8.2f}")
     for (target, precision), out in logits.items():
         if target == "pytorch":
             continue
         acc = float((out.argmax(1) == labels).mean() * 100)
-        print(f"{target + ' ' + precision:18s} {acc:8.2f} {acc - ref:+15.2f} pts")
+        agree = float((out.argmax(1) == fp32).mean() * 100)
+        print(f"{target + ' ' + precision:18s} {acc:8.2f} {acc - ref:+12.2f} pts {agree:16.2f}%")
     if ("onnx", "int8") in logits and ("tflite", "int8") in logits:
         agree = float((logits[("onnx", "int8")].argmax(1) == logits[("tflite", "int8")].argmax(1)).mean() * 100)
         print(f"ONNX vs TFLite INT8 top-1 agreement: {agree:.2f}%")
