@@ -54,6 +54,8 @@ _PASSTHROUGH = {
 _FIXED_OUTPUT = {"sigmoid", "softmax"}
 #: kinds that carry weights (what int8 buys the most on every runtime)
 WEIGHTED = ("conv", "linear")
+#: every other kind: what a target that runs only weighted ops in int8 keeps in float
+UNWEIGHTED = tuple(k for k in dict.fromkeys(_KINDS.values()) if k not in WEIGHTED)
 
 
 class SiLUAsSigmoidMul(nn.Module):

@@ -29,6 +29,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from calibration.quantize import UNWEIGHTED
 from edgehybrid.drift import Tolerance
 from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, first_line
 from exporters.base import (
@@ -93,8 +94,7 @@ class TFLiteExporter:
     #: add / layer_norm / gelu / pooling in int8 and 2.00x for litert-torch's default recipe; mobilevit_s
     #: 1.71x against 1.69x and 1.68x; with every kind in int8 mobilevit_s ran at 0.57x. The converter still
     #: fuses a DEQUANTIZE -> op -> QUANTIZE sandwich into the op's int8 kernel where it has one (GELU, PAD).
-    float_kinds: ClassVar[tuple[str, ...]] = ("matmul", "add", "mul", "sigmoid", "softmax", "layer_norm", "gelu",
-                                              "act", "pool", "cat")
+    float_kinds: ClassVar[tuple[str, ...]] = UNWEIGHTED
     float_output_kinds: ClassVar[tuple[str, ...]] = ()  # every int8 LiteRT kernel writes int8
     fold_quantize: ClassVar[bool] = False  # litert-torch lowers float weights + quantize, not folded int8
 
@@ -257,14 +257,14 @@ def inspect_flatbuffer(buf: bytes) -> dict:
     for s in range(model.SubgraphsLength()):
         sg = model.Subgraphs(s)
         for i in range(sg.OperatorsLength()):
-            code = model.OperatorCodes(sg.Operators(i).OpcodeIndex())
+            operator = sg.Operators(i)
+            code = model.OperatorCodes(operator.OpcodeIndex())
             # builtin codes above 127 live in BuiltinCode(); older files only fill the deprecated byte
             op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
             name = op_names.get(op, str(op))
             if op == schema.BuiltinOperator.CUSTOM and code.CustomCode():
                 name = "CUSTOM:" + code.CustomCode().decode()
             ops[name] += 1
-            operator = sg.Operators(i)
             if operator.OutputsLength() and sg.Tensors(operator.Outputs(0)).Type() == schema.TensorType.INT8:
                 int8_ops[name] += 1
         for i in range(sg.TensorsLength()):
