@@ -5,6 +5,12 @@ its bundled training images), runs each artifact on its runtime over the bundled
 images (never trained on, never calibrated on), and prints top-1 per artifact next to the FP32 PyTorch
 model's, the INT8 drop, and the ONNX-vs-TFLite INT8 top-1 agreement on the same images.
 
+Beside that agreement it prints each INT8 file's *kernel floor*: the same file run with its runtime's other
+kernels (LiteRT's builtin kernels instead of XNNPACK; ONNX Runtime's QDQ unfused instead of fused int8
+kernels), and how often the two agree on top-1. Two kernel sets differ only in integer rounding, so this is
+how far the quantization plan alone decides an INT8 model's answers; two different runtimes cannot be
+expected to agree more closely than one runtime agrees with itself.
+
     python benchmarks/fixture_accuracy_bench.py [--model mobilevit_xxs.cifar10] [--data DIR] [--threads 2]
 """
 
@@ -33,7 +39,8 @@ from edgehybrid.check import (
 )
 from edgehybrid.int8 import Int8Request
 from edgehybrid.pipeline import ExportRequest, run_export
-from exporters.base import ExportOptions
+from edgehybrid.runtimes import get_runtime
+from exporters.base import ExportOptions, get_exporter
 from models_zoo import load_model
 
 
@@ -51,6 +58,7 @@ def main() -> None:
     loaded = load_model(args.model)
     data = read_dataset(args.data, list(loaded.classes))
     logits: dict[tuple[str, str], np.ndarray] = {}
+    floors: dict[str, tuple[str, str, np.ndarray]] = {}  # target -> (default kernels, other kernels, logits)
     decoded: dict[str, np.ndarray] = {}  # every artifact of one model shares its preprocessing: decode once
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets:
@@ -72,8 +80,16 @@ def main() -> None:
                     with torch.no_grad():
                         logits[("pytorch", "fp32")] = loaded.model(torch.from_numpy(x)).numpy()
                 inp, out = manifest["inputs"][0], manifest["outputs"][0]
-                logits[(target, precision)] = run_batched(session, pixels if in_graph else x, manifest["batch"],
-                                                           inp["name"], out["name"], inp.get("layout") == "NHWC")
+                feed = pixels if in_graph else x
+                nhwc = inp.get("layout") == "NHWC"
+                logits[(target, precision)] = run_batched(session, feed, manifest["batch"], inp["name"], out["name"],
+                                                           nhwc)
+                runtime = get_runtime(get_exporter(target).runtime)
+                variants = tuple(getattr(runtime, "kernels", ()))
+                if precision == "int8" and len(variants) > 1:
+                    other = runtime.load(artifact, threads=args.threads, kernels=variants[1])
+                    floors[target] = (variants[0], variants[1],
+                                      run_batched(other, feed, manifest["batch"], inp["name"], out["name"], nhwc))
     labels = data.labels
     ref = float((logits[("pytorch", "fp32")].argmax(1) == labels).mean() * 100)
     print(f"# {args.model} on {len(labels)} labelled validation images ({args.data}), {args.threads} threads")
@@ -89,6 +105,15 @@ def main() -> None:
     if ("onnx", "int8") in logits and ("tflite", "int8") in logits:
         agree = float((logits[("onnx", "int8")].argmax(1) == logits[("tflite", "int8")].argmax(1)).mean() * 100)
         print(f"ONNX vs TFLite INT8 top-1 agreement: {agree:.2f}%")
+    for target, (default, other, out) in floors.items():
+        same = float((out.argmax(1) == logits[(target, "int8")].argmax(1)).mean() * 100)
+        diff = float(np.abs(out - logits[(target, "int8")]).max())
+        print(f"kernel floor: the same {target} INT8 file, {default} vs {other} kernels: top-1 agreement "
+              f"{same:.2f}%, max |logit difference| {diff:.3f}")
+    top2 = np.sort(logits[("pytorch", "fp32")], axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    print("FP32 top-2 logit margin below 0.05 / 0.1 / 0.2: "
+          + " / ".join(f"{float((margin < t).mean() * 100):.1f}%" for t in (0.05, 0.1, 0.2)) + " of the images")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,28 @@ def test_int8_export_validates_on_every_target(cli, tmp_path, target):
         ops = m["details"]["op_counts"] if "op_counts" in m["details"] else m["details"]["inspection"]["op_counts"]
         assert ops.get("quantize", 0) > 0 and ops.get("dequantize", 0) > 0
         assert m["validation"]["executed"] is False
+    else:
+        _same_file_other_kernels(out / Path(m["artifact"]).name, target)
+
+
+def _same_file_other_kernels(artifact: Path, target: str) -> None:
+    """The INT8 file also runs on its runtime's other kernels (the fixture bench's kernel floor): same
+    answers to within integer rounding, and an unknown kernel set is refused in one line."""
+    from edgehybrid.runtimes import get_runtime
+    from exporters.base import get_exporter
+
+    runtime = get_runtime(get_exporter(target).runtime)
+    default, other = runtime.kernels
+    sessions = [runtime.load(artifact, threads=1, kernels=k) for k in (default, other)]
+    assert [s.kernels for s in sessions] == [default, other]
+    if target == "onnx":
+        assert sessions[1].details["graph_optimization_level"] == "ORT_DISABLE_ALL"
+    info = sessions[0].inputs[0]
+    x = np.random.default_rng(0).random(info.shape, dtype=np.float32)
+    a, b = (next(iter(s.run({info.name: x}).values())).ravel() for s in sessions)
+    assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+    with pytest.raises(InputError, match="kernels must be one of"):
+        runtime.load(artifact, kernels="fastest")
 
 
 def test_float_layers_option_reaches_the_manifest_and_sensitivity_table(cli, tmp_path):

@@ -4,6 +4,11 @@ Uses ai-edge-litert's ``Interpreter`` (the maintained package), or the older ``t
 is what is installed; the session records which in :attr:`LiteRTSession.backend`. Inputs and outputs are
 read from the artifact: from its first signature when it has one (names like ``input`` / ``logits``), from
 the interpreter's tensor details otherwise.
+
+Kernels: ``xnnpack`` (the default: the interpreter applies its XNNPACK delegate, as deployments on Android
+and desktop CPUs do) or ``builtin`` (TFLite's own kernels, no delegate: what a device without XNNPACK runs).
+The two compute int8 ops with different integer rounding; running one file both ways measures how much of an
+INT8 model's output is decided by kernel arithmetic rather than by its quantization plan.
 """
 
 from __future__ import annotations
@@ -16,22 +21,36 @@ from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError
 from exporters.base import TensorInfo, version_of
 
 EXTRA = "tflite"
+KERNELS = ("xnnpack", "builtin")
 
 
-def _interpreter_class() -> tuple[type, str]:
-    """The Interpreter class and the package it came from (name and version)."""
+def _interpreter_module() -> tuple[object, str]:
+    """The interpreter module and the package it came from (name and version)."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter
 
-        return Interpreter, f"ai-edge-litert {version_of('ai-edge-litert')}"
+        return interpreter, f"ai-edge-litert {version_of('ai-edge-litert')}"
     except ImportError:
         pass
     try:
-        from tflite_runtime.interpreter import Interpreter
+        from tflite_runtime import interpreter
 
-        return Interpreter, f"tflite-runtime {version_of('tflite-runtime')}"
+        return interpreter, f"tflite-runtime {version_of('tflite-runtime')}"
     except ImportError as exc:
         raise MissingBackendError("ai_edge_litert", EXTRA, "Running a TFLite model") from exc
+
+
+def _kernel_options(module, kernels: str) -> dict:
+    """Interpreter keyword arguments for ``kernels`` (see the module docstring)."""
+    if kernels not in KERNELS:
+        raise InputError(f"LiteRT kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+    if kernels == "xnnpack":
+        return {}
+    resolver = getattr(module, "OpResolverType", None)
+    if resolver is None:
+        raise InputError("this LiteRT interpreter cannot run without its default delegate (no OpResolverType); "
+                         "install ai-edge-litert for builtin kernels")
+    return {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 
 
 def _layout(shape: tuple[int, ...]) -> str | None:
@@ -74,13 +93,15 @@ class LiteRTSession:
     zero point (raw integer arrays pass through), and returns its outputs dequantized to float32.
     """
 
-    def __init__(self, path: Path, threads: int = 2):
-        interpreter_cls, self.backend = _interpreter_class()
+    def __init__(self, path: Path, threads: int = 2, kernels: str = "xnnpack"):
+        module, self.backend = _interpreter_module()
+        options = _kernel_options(module, kernels)
+        self.kernels = kernels
         path = Path(path)
         if not path.is_file():
             raise InputError(f"TFLite model {str(path)!r} does not exist or is not a file")
         try:
-            self._interpreter = interpreter_cls(model_path=str(path), num_threads=max(1, int(threads)))
+            self._interpreter = module.Interpreter(model_path=str(path), num_threads=max(1, int(threads)), **options)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -151,8 +172,10 @@ class LiteRTRuntime:
     name = "litert"
     extra = EXTRA
 
-    def load(self, artifact: Path, threads: int = 2) -> LiteRTSession:
-        return LiteRTSession(Path(artifact), threads)
+    kernels = KERNELS
+
+    def load(self, artifact: Path, threads: int = 2, kernels: str = "xnnpack") -> LiteRTSession:
+        return LiteRTSession(Path(artifact), threads, kernels)
 
 
 RUNTIME = LiteRTRuntime()

@@ -4,6 +4,10 @@ Sessions use the CPU execution provider, ``intra_op_num_threads=threads``, one i
 sequential execution (parallel execution only helps branchy graphs and makes timings noisy), with every
 graph optimization ORT has (``ORT_ENABLE_ALL``: the level a deployment uses, so validation covers the
 fusions it will run). Inputs and outputs are read from the session, never assumed.
+
+Kernels: ``fused`` (the default above: QDQ pairs fused into int8 kernels such as QLinearConv) or ``unfused``
+(``ORT_DISABLE_ALL``: every QuantizeLinear / DequantizeLinear runs as written, around float kernels). The same
+file run both ways shows how much of an INT8 model's output its integer kernels' rounding decides.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 from edgehybrid.errors import EdgeHybridError, InputError
 from edgehybrid.runtimes import checked_feeds
 from exporters.base import TensorInfo, require
+
+KERNELS = ("fused", "unfused")
 
 # ONNX Runtime's type strings -> numpy dtype names (TensorInfo.dtype)
 _DTYPES = {
@@ -33,8 +39,12 @@ _DTYPES = {
 class OnnxSession:
     """One loaded artifact: ``inputs`` / ``outputs`` as TensorInfo, ``run(feeds) -> {name: ndarray}``."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, kernels: str = "fused"):
         ort = require("onnxruntime", "onnx", "Running ONNX artifacts")
+        if kernels not in KERNELS:
+            raise InputError(f"ONNX Runtime kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+        level = "ORT_ENABLE_ALL" if kernels == "fused" else "ORT_DISABLE_ALL"
+        self.kernels = kernels
         self.path = Path(path)
         if not self.path.is_file():
             what = "is a folder, not an .onnx file" if self.path.is_dir() else "does not exist"
@@ -43,7 +53,7 @@ class OnnxSession:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         options.log_severity_level = 3  # errors only: ORT's warnings (e.g. fp16 casts inserted) are not ours
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
@@ -59,7 +69,7 @@ class OnnxSession:
         self.metadata = dict(meta)
         self.details = {
             "provider": self._session.get_providers()[0],
-            "graph_optimization_level": "ORT_ENABLE_ALL",
+            "graph_optimization_level": level,
             "execution_mode": "ORT_SEQUENTIAL",
             "intra_op_num_threads": int(threads),
             "inter_op_num_threads": 1,
@@ -91,8 +101,10 @@ class OnnxRuntime:
     name = "onnxruntime"
     extra = "onnx"
 
-    def load(self, artifact: Path, threads: int = 2) -> OnnxSession:
-        return OnnxSession(Path(artifact), threads)
+    kernels = KERNELS
+
+    def load(self, artifact: Path, threads: int = 2, kernels: str = "fused") -> OnnxSession:
+        return OnnxSession(Path(artifact), threads, kernels)
 
 
 def _info(arg, layout: str | None) -> TensorInfo:
