@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError
+from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, UnknownNameError
 from exporters.base import TensorInfo, version_of
 
 EXTRA = "tflite"
@@ -43,7 +43,7 @@ def _interpreter_module() -> tuple[object, str]:
 def _kernel_options(module, kernels: str) -> dict:
     """Interpreter keyword arguments for ``kernels`` (see the module docstring)."""
     if kernels not in KERNELS:
-        raise InputError(f"LiteRT kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+        raise UnknownNameError.for_choice("LiteRT kernels", kernels, KERNELS)
     if kernels == "xnnpack":
         return {}
     resolver = getattr(module, "OpResolverType", None)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehybrid.errors import EdgeHybridError, InputError
+from edgehybrid.errors import EdgeHybridError, InputError, UnknownNameError
 from edgehybrid.runtimes import checked_feeds
 from exporters.base import TensorInfo, require
 
@@ -42,7 +42,7 @@ class OnnxSession:
     def __init__(self, path: Path, threads: int, kernels: str = "fused"):
         ort = require("onnxruntime", "onnx", "Running ONNX artifacts")
         if kernels not in KERNELS:
-            raise InputError(f"ONNX Runtime kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+            raise UnknownNameError.for_choice("ONNX Runtime kernels", kernels, KERNELS)
         level = "ORT_ENABLE_ALL" if kernels == "fused" else "ORT_DISABLE_ALL"
         self.kernels = kernels
         self.path = Path(path)
