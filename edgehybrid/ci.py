@@ -118,6 +118,9 @@ def load_config(path: Path) -> Config:
         import tomli as tomllib
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"config {str(path)!r} is a folder; pass the TOML file, e.g. --config "
+                         f"{str(path / 'edgehybrid.toml')!r}")
     if not path.is_file():
         raise InputError(f"config {str(path)!r} does not exist; write an edgehybrid.toml (see docs/ci.md) or pass "
                          "--config FILE")
@@ -181,16 +184,53 @@ def _resolve(value: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
+# [[model]] keys and what each must hold: (kind, minimum, maximum); lists are non-empty lists of strings
+_MODEL_TYPES = {
+    "name": (str,), "weights": (str,), "data": (str,), "calib": (str,), "calib_method": (str,),
+    "targets": (list,), "precisions": (list,),
+    "max_images": (int, 1, None), "calib_size": (int, 1, None),
+    "max_top1_drop": (float, 0.0, 100.0), "min_agreement": (float, 0.0, 100.0), "min_cosine": (float, -1.0, 1.0),
+    "max_latency_ms": (float, 0.0, None),
+}
+
+
+def _check_model_types(d: dict, where: str) -> None:
+    """A wrong type or range is refused when the config loads, not when its job runs, minutes later."""
+    from calibration.quantize import CALIB_METHODS
+
+    for key, value in d.items():
+        kind, *bounds = _MODEL_TYPES[key]
+        if kind is list:
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise InputError(f"{key} of {where} must be a non-empty list of names, e.g. {key} = [\"onnx\"], "
+                                 f"got {value!r}")
+        elif kind is str:
+            if not isinstance(value, str) or not value:
+                raise InputError(f"{key} of {where} must be a non-empty string, got {value!r}")
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or (kind is int and not isinstance(value, int)):
+                raise InputError(f"{key} of {where} must be a{'n integer' if kind is int else ' number'}, "
+                                 f"got {value!r}")
+            low, high = bounds
+            if value < low or (high is not None and value > high):
+                span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+                raise InputError(f"{key} of {where} must be {span}, got {value!r}")
+    if "calib_method" in d and d["calib_method"] not in CALIB_METHODS:
+        raise UnknownNameError.for_choice("calib_method", d["calib_method"], CALIB_METHODS, hint=where)
+
+
 def _model_config(d: dict, base: Path, fname: str) -> ModelConfig:
     from calibration.sources import data_path
     from exporters.base import targets as all_targets
     from models_zoo.zoo import parse_ref
 
     where = f"model {d['name']!r} in {fname}"
-    parse_ref(str(d["name"]))  # unknown model or tag: a did-you-mean
-    for key in ("targets", "precisions"):
-        if key in d and (isinstance(d[key], str) or not isinstance(d[key], list) or not d[key]):
-            raise InputError(f"{key} of {where} must be a non-empty list, e.g. {key} = [\"onnx\"]")
+    _check_model_types(d, where)
+    parse_ref(d["name"])  # unknown model or tag: a did-you-mean
+    if d.get("weights") == "random":
+        raise InputError(f"weights = \"random\" of {where} cannot be checked: the check rebuilds the PyTorch "
+                         "reference from the weights, and random ones cannot be rebuilt; use a checkpoint or a tag")
     cfg = ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
     for t in cfg.targets:
         if t not in all_targets():
@@ -263,7 +303,11 @@ def select_targets(all_jobs: list[Job], only: str | None) -> list[Job]:
 def run_ci(cfg: Config, *, shard_spec: str | None = None, update_baseline: bool = False, only_targets: str | None = None,
            log: Callable[[str], None] = lambda _m: None, progress=None) -> dict:
     i, n = parse_shard(shard_spec)
-    selected = shard(select_targets(jobs(cfg), only_targets), i, n)
+    matrix = select_targets(jobs(cfg), only_targets)
+    selected = shard(matrix, i, n)
+    if not selected:  # a workflow matrix wider than the job list must not go green having checked nothing
+        raise InputError(f"--shard {i}/{n} selects no job: the matrix has only {len(matrix)} job(s); "
+                         f"use at most {len(matrix)} shards")
     baseline = read_baseline(cfg.baseline) if not update_baseline else read_baseline(cfg.baseline, missing_ok=True)
     _check_backends(selected)
     from edgehybrid.fsutil import ensure_writable_dir

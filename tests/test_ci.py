@@ -94,6 +94,12 @@ def test_shards_split_the_matrix_round_robin_and_cover_it():
     (CONFIG.replace("bundled:cifar10/eval", "no/such/folder"), r"data 'no/such/folder' of model .* is not a folder"),
     (CONFIG.replace("mobilevit_xxs.cifar10", "mobilevit_xxx.cifar10"), r"unknown model 'mobilevit_xxx'"),
     (CONFIG + "\n[extra]\n", r"unknown top-level table 'extra'"),
+    (CONFIG.replace('targets = ["onnx"]', 'targets = ["onnx", 3]'), r"targets of model .* must be a non-empty list of names"),
+    (CONFIG.replace("max_images = 100", 'max_images = "ten"'), r"max_images of model .* must be an integer, got 'ten'"),
+    (CONFIG.replace("max_images = 100", "calib_size = -3"), r"calib_size of model .* must be at least 1, got -3"),
+    (CONFIG.replace("max_images = 100", "max_top1_drop = 500"), r"max_top1_drop of .* must be between 0 and 100"),
+    (CONFIG.replace("max_images = 100", 'calib_method = "minmaxx"'), r"unknown calib_method 'minmaxx'; did you mean 'minmax'"),
+    (CONFIG.replace("max_images = 100", 'weights = "random"'), r'weights = "random" of .* cannot be checked'),
     ("[ci\n", r"not valid TOML"),
     ("[ci]\nout = 'o'\n", r"lists no models"),
 ])
@@ -125,3 +131,12 @@ def test_config_is_parsed_with_paths_relative_to_it(tmp_path):
     cfg = load_config(_config(tmp_path))
     assert cfg.out == tmp_path / "out" and cfg.baseline == tmp_path / "baseline.json"
     assert cfg.models[0].data.endswith("edgehybrid/data/cifar10/eval") and cfg.models[0].max_images == 100
+
+
+def test_a_config_folder_and_an_empty_shard_are_refused_before_any_job_runs(cli, tmp_path):
+    code, _out, err = cli("ci", "--config", tmp_path)
+    assert code == 2 and "is a folder; pass the TOML file" in err, err
+    config = _config(tmp_path)
+    code, _out, err = cli("ci", "--config", config, "--shard", "3/3")  # a 2-job matrix: shard 3 is empty
+    assert code == 2 and "--shard 3/3 selects no job: the matrix has only 2 job(s)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
