@@ -404,13 +404,3 @@ def junit_cases(report: dict) -> list[dict]:
              "seconds": report["seconds"] / max(1, len(report["checks"]))} for c in report["checks"]]
 
 
-def check_output_path(path: Path, suffixes: tuple[str, ...], option: str) -> Path:
-    """Refuse a report path that cannot be written before any work is done."""
-    path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise InputError(f"{option} {str(path)!r} must end in {' or '.join(suffixes)}")
-    if path.exists() and path.is_dir():
-        raise InputError(f"{option} {str(path)!r} is a folder; give a file name")
-    if not path.parent.exists():
-        raise InputError(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    return path

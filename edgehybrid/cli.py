@@ -100,7 +100,7 @@ def export_cmd(
     ),
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="Output folder for the artifact and its manifest."),
     fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights/compute where the target supports it."),
-    batch: int = typer.Option(1, "--batch", help="Static batch size of the artifact's input."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Static batch size of the artifact's input."),
     input_size: Optional[tuple[int, int]] = typer.Option(
         None, "--input-size", help="Input height and width (default: the model's).", show_default=False
     ),
@@ -115,7 +115,7 @@ def export_cmd(
     images: Optional[Path] = typer.Option(
         None, "--images", help="Folder of images to validate on (default: the bundled sample photos)."
     ),
-    threads: int = typer.Option(2, "--threads", help="Runtime threads used for validation."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Runtime threads used for validation."),
     int8: Optional[str] = typer.Option(
         None, "--int8", metavar="[full|weights]",
         help="Quantize to INT8: 'full' (default; int8 weights and activations, calibrated) or 'weights' "
@@ -178,9 +178,11 @@ def export_cmd(
 def profile_cmd(
     artifacts: list[Path] = typer.Argument(..., help="One or more artifacts (.onnx, .tflite, .mlpackage) to profile."),
     runtime: str = typer.Option("auto", "--runtime", "-r", help="auto (from the suffix), onnxruntime, litert or coreml."),
-    threads: int = typer.Option(2, "--threads", help="Runtime threads (recorded in the report)."),
-    warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing starts."),
-    runs: Optional[int] = typer.Option(None, "--runs", help="Timed runs (default 50, or as many as --min-time allows)."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Runtime threads (recorded in the report)."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs before timing starts."),
+    runs: Optional[int] = typer.Option(
+        None, "--runs", min=1, help="Timed runs (default 50, or as many as --min-time allows)."
+    ),
     min_time: Optional[float] = typer.Option(None, "--min-time", help="Time for at least this many seconds instead."),
     per_op: bool = typer.Option(False, "--per-op", help="Per-operator time, grouped by op type and model module."),
     device: Optional[str] = typer.Option(
@@ -194,13 +196,14 @@ def profile_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
 ) -> None:
     """Measure load time, latency percentiles, throughput and peak memory of artifacts on their runtime."""
+    from edgehybrid.errors import InputError
     from edgehybrid.profiling import report as report_mod
     from edgehybrid.profiling.local import profile_local, resolve_runtime
 
     if runs is not None and min_time is not None:
-        from edgehybrid.errors import InputError
-
         raise InputError("give either --runs or --min-time, not both")
+    if min_time is not None and not min_time > 0:
+        raise InputError(f"--min-time must be a positive number of seconds, got {min_time:g}")
     if runs is None and min_time is None:
         runs = 50
     if report is not None:
@@ -249,7 +252,7 @@ def check_cmd(
     max_top1_drop: float = typer.Option(1.0, "--max-top1-drop", help="Largest allowed top-1 drop, in points."),
     min_agreement: float = typer.Option(95.0, "--min-agreement", help="Smallest top-1 agreement with the reference, %."),
     min_cosine: float = typer.Option(0.98, "--min-cosine", help="Smallest mean logit cosine with the reference."),
-    threads: int = typer.Option(2, "--threads", help="Runtime and PyTorch threads."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Runtime and PyTorch threads."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (for CI systems)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a Markdown report here (a PR comment)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
@@ -257,12 +260,12 @@ def check_cmd(
     """Measure an artifact's drift from its FP32 PyTorch model on real images; exit 1 when a threshold fails."""
     from edgehybrid import check as check_mod
     from edgehybrid.errors import CheckFailedError
-    from edgehybrid.fsutil import write_text_atomic
+    from edgehybrid.fsutil import check_output_file, write_report_file
 
     if junit is not None:
-        check_mod.check_output_path(junit, (".xml",), "--junit")
+        check_output_file(junit, (".xml",), "--junit")
     if report is not None:
-        check_mod.check_output_path(report, (".md",), "--report")
+        check_output_file(report, (".md",), "--report")
     thresholds = check_mod.Thresholds(max_top1_drop=max_top1_drop, min_agreement=min_agreement, min_cosine=min_cosine)
     result = check_mod.run_check(artifact, data, reference=reference, thresholds=thresholds, threads=threads,
                                  progress=console.progress)
@@ -270,9 +273,9 @@ def check_cmd(
         console.warn(f"{artifact.name} was not executed: {result['runtime']['reason']}; figures are "
                      f"{result['runtime']['method']}")
     if junit is not None:
-        write_text_atomic(junit, check_mod.junit_xml("edgehybrid check", check_mod.junit_cases(result)))
+        write_report_file(junit, check_mod.junit_xml("edgehybrid check", check_mod.junit_cases(result)), "--junit")
     if report is not None:
-        write_text_atomic(report, check_mod.markdown(result))
+        write_report_file(report, check_mod.markdown(result), "--report")
     if json_out:
         console.print_json(result)
     else:
@@ -353,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ABORT:
         console.error("aborted")
         return 130
-    except _CLICK_ERROR as exc:
-        exc.show()
+    except _CLICK_ERROR as exc:  # a usage error: one line that names the option, as every other error
+        ctx = getattr(exc, "ctx", None)
+        console.error(exc.format_message() + (f" (see '{ctx.command_path} -h')" if ctx is not None else ""))
         return exc.exit_code
     except EdgeHybridError as exc:
         if debug:

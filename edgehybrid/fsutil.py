@@ -32,6 +32,35 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+def check_output_file(path: Path, suffixes: tuple[str, ...], option: str) -> str:
+    """Refuse a report path that cannot be written, before any work is done; returns its suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        listed = " or ".join(suffixes) if len(suffixes) < 3 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+        raise InputError(f"{option} {str(path)!r} must end in {listed}")
+    if path.is_dir():
+        raise InputError(f"{option} {str(path)!r} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise InputError(f"{option} {str(path)!r}: {str(parent)!r} {what}; create the folder or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".edgehybrid-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {str(path)!r}: folder {str(parent)!r} is not writable ({exc.strerror})") from exc
+    return suffix
+
+
+def write_report_file(path: Path, text: str, option: str) -> None:
+    """Write a report atomically; a full disk or a folder removed meanwhile is a one-line error, not a bug."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise InputError(f"cannot write {option} {str(path)!r}: {exc.strerror or exc}") from exc
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

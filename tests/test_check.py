@@ -151,6 +151,7 @@ def _corrupt(tmp_path: Path, artifact: Path) -> Path:
     ("missing artifact", "does not exist"),
     ("bad threshold", "--min-agreement is a percentage"),
     ("bad junit path", "--junit .* must end in .xml"),
+    ("junit under a file", "--junit .*'.*report.txt' is not a folder; create the folder"),
 ])
 def test_bad_inputs_fail_with_exit_2_in_one_line(cli, int8_artifact, tmp_path, case, pattern):
     import re
@@ -175,8 +176,11 @@ def test_bad_inputs_fail_with_exit_2_in_one_line(cli, int8_artifact, tmp_path, c
         extra = ["--min-agreement", "120"]
     elif case == "bad junit path":
         extra = ["--junit", tmp_path / "report.txt"]
+    elif case == "junit under a file":
+        (tmp_path / "report.txt").write_text("a file, not a folder")
+        extra = ["--junit", tmp_path / "report.txt" / "junit.xml"]
     code, out, err = cli("check", artifact, "--data", data, *extra)
     assert code == 2, (case, err)
     assert re.search(pattern, err), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
-    assert not (tmp_path / "report.txt").exists()
+    assert not (tmp_path / "report.txt").exists() or case == "junit under a file"

@@ -53,13 +53,19 @@ def test_markdown_and_json_reports(artifacts, tmp_path, cli):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--runs", "0"], "at least 1"),
+    (["--runs", "0"], "'--runs': Input should be greater than or equal to 1"),
     (["--runtime", "onnxruntme"], "did you mean 'onnxruntime'"),
-    (["--threads", "0"], "at least 1"),
+    (["--threads", "0"], "'--threads': Input should be greater than or equal to 1"),
+    (["--min-time", "-2"], "--min-time must be a positive number of seconds, got -2"),
+    (["--warmup", "x"], "'--warmup': Input should be a valid integer"),
+    (["--report", "no/such/folder/r.json"], "'no/such/folder' does not exist; create the folder"),
+    (["--runs", "5", "--device", "ssh://u@h", "--runs", "0"], "'--runs': Input should be greater than or equal to 1"),
 ])
 def test_bad_options(artifacts, cli, args, expected):
+    """Refused before anything is profiled or sent to a device: one line naming the option, exit 2."""
     code, out, err = cli("profile", artifacts[0], *args)
-    assert code == 2 and expected in err and "Traceback" not in err and out == ""
+    assert code == 2 and expected in err and out == "", err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "Usage" not in err
 
 
 def test_bad_artifacts(tmp_path, cli):

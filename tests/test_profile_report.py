@@ -151,8 +151,10 @@ def test_write_report_by_suffix(tmp_path, profiles):
     with pytest.raises(InputError, match=r"must end in \.json, \.md or \.html") as err:
         write_report(doc, tmp_path / "r.txt")
     assert "\n" not in str(err.value)
-    with pytest.raises(InputError, match="cannot write report"):
+    with pytest.raises(InputError, match="'.*missing' does not exist; create the folder"):
         write_report(doc, tmp_path / "missing" / "r.md")
+    with pytest.raises(InputError, match="'.*r.json' is not a folder"):  # the parent is a file
+        write_report(doc, tmp_path / "r.json" / "r.md")
 
 
 # ------------------------------------------------------------------------------------ real browser

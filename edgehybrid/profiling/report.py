@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgehybrid import __version__
-from edgehybrid.errors import EdgeHybridError, InputError
-from edgehybrid.fsutil import write_text_atomic
+from edgehybrid.errors import EdgeHybridError
+from edgehybrid.fsutil import check_output_file, write_report_file
 
 SCHEMA = "edgehybrid.profile-report/1"
 CATEGORIES = ("attention", "convolution", "normalization", "other")
@@ -312,10 +312,7 @@ def to_html(doc: dict) -> str:
 
 def check_report_path(path: Path) -> str:
     """The report format (its suffix) for ``path``, or a one-line InputError; cheap, so callers check first."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in _SUFFIXES:
-        raise InputError(f"report file {str(path)!r} must end in {', '.join(_SUFFIXES[:-1])} or {_SUFFIXES[-1]}")
-    return suffix
+    return check_output_file(path, _SUFFIXES, "report file")
 
 
 def write_report(doc: dict, path: Path) -> Path:
@@ -324,8 +321,5 @@ def write_report(doc: dict, path: Path) -> Path:
     suffix = check_report_path(path)
     text = {".json": lambda: json.dumps(doc, indent=2) + "\n", ".md": lambda: to_markdown(doc),
             ".html": lambda: to_html(doc)}[suffix]()
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:  # a missing or read-only folder is the user's to fix, not a bug
-        raise InputError(f"cannot write report {str(path)!r}: {exc.strerror or exc}") from exc
+    write_report_file(path, text, "report")
     return path
