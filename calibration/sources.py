@@ -68,6 +68,7 @@ class ImageFolderSource:
     pre: Preprocessing
     description: str
     skipped: list[str] | None = None
+    minimum: int = MIN_IMAGES  # fewer readable images than this is an error
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -88,11 +89,12 @@ class ImageFolderSource:
                 chunk = []
         if chunk:
             yield torch.from_numpy(normalize(np.stack(chunk), self.pre))
-        if good < min(MIN_IMAGES, len(self.paths)):
+        if good < self.minimum:
+            example = f", e.g. {self.skipped[0]!r}" if self.skipped else ""
             raise InputError(
                 f"only {good} of {len(self.paths)} calibration images in {self.description} could be read "
-                f"({len(self.skipped)} unreadable, e.g. {self.skipped[0]!r}); calibration needs at least "
-                f"{MIN_IMAGES}: add readable JPEG/PNG/WebP/BMP images"
+                f"({len(self.skipped)} unreadable{example}); calibration needs at least "
+                f"{self.minimum}: add readable JPEG/PNG/WebP/BMP images"
             )
 
 
@@ -155,7 +157,7 @@ def open_source(
         what = f"bundled images ({bundled})" if bundled else "bundled photos"
         log(f"calibrating on {len(paths)} {what} (no --calib given; pass --calib DIR with images "
             "from your own domain for the best accuracy)")
-        return ImageFolderSource(paths, pre, f"the {what} ({folder})")
+        return ImageFolderSource(paths, pre, f"the {what} ({folder})", minimum=min(MIN_IMAGES, len(paths)))
     if str(calib) == SYNTHETIC:
         warnings.warn("calibrating on random data (--calib synthetic): activation ranges and every accuracy "
                       "figure of this INT8 model mean little; use real images for a model you ship",
@@ -169,7 +171,19 @@ def open_source(
         if not paths:
             raise InputError(f"no images in calibration folder {str(path)!r} (searched recursively for "
                              f"{', '.join(IMAGE_SUFFIXES)}); add images or point --calib elsewhere")
-        return ImageFolderSource(_sample(paths, size or DEFAULT_SIZE, seed), pre, f"{str(path)!r}")
+        # the minimum holds unless the user asked for fewer with --calib-size, knowingly
+        minimum = min(MIN_IMAGES, size) if size is not None else MIN_IMAGES
+        if len(paths) < minimum:
+            raise InputError(f"calibration folder {str(path)!r} holds only {len(paths)} image(s); calibration "
+                             f"needs at least {minimum}: add images, or pass --calib-size {len(paths)} to "
+                             "calibrate on so few knowingly")
+        sample = _sample(paths, size or DEFAULT_SIZE, seed)
+        if len(sample) < len(paths):
+            log(f"calibrating on {len(sample)} of the {len(paths)} images in {str(path)!r} (a reproducible "
+                f"sample, --seed {seed}; --calib-size N to change)")
+        else:
+            log(f"calibrating on all {len(paths)} images in {str(path)!r}")
+        return ImageFolderSource(sample, pre, f"{str(path)!r}", minimum=minimum)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
         array = _load_array(path)

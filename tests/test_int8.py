@@ -68,6 +68,27 @@ def test_corrupt_images_are_skipped_and_counted_then_too_few_fail(tmp_path, xxs)
         list(open_source(folder, xxs.spec.preprocessing, (3, *SIZE)).batches(8))
 
 
+def test_a_folder_of_fewer_than_the_minimum_is_refused_unless_asked_for(tmp_path, xxs):
+    folder = _photos(tmp_path, 2)
+    with pytest.raises(InputError, match=f"holds only 2 image.*at least {MIN_IMAGES}.*--calib-size 2") as info:
+        open_source(folder, xxs.spec.preprocessing, (3, *SIZE))
+    assert "\n" not in str(info.value)
+    said = []
+    src = open_source(folder, xxs.spec.preprocessing, (3, *SIZE), size=2, log=said.append)
+    assert sum(len(b) for b in src.batches(8)) == 2 and said == [f"calibrating on all 2 images in {str(folder)!r}"]
+
+
+def test_the_default_sample_of_a_large_folder_is_said(tmp_path, xxs):
+    from calibration.sources import DEFAULT_SIZE
+
+    folder = _photos(tmp_path, DEFAULT_SIZE + 2)
+    said = []
+    src = open_source(folder, xxs.spec.preprocessing, (3, *SIZE), log=said.append)
+    assert len(src) == DEFAULT_SIZE
+    assert said == [f"calibrating on {DEFAULT_SIZE} of the {DEFAULT_SIZE + 2} images in {str(folder)!r} "
+                    "(a reproducible sample, --seed 0; --calib-size N to change)"]
+
+
 @pytest.mark.parametrize("case, pattern", [
     ("missing", "does not exist"),
     ("empty", "no images"),
