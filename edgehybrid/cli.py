@@ -126,8 +126,10 @@ def export_cmd(
         "'synthetic' (random; accuracy figures then mean little). Default: bundled photos.",
     ),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibrate on a reproducible sample of N."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the --calib-size sample."),
-    calib_method: str = typer.Option("minmax", "--calib-method", help="Activation ranges: minmax, percentile or histogram."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration sample [default: 0]."),
+    calib_method: Optional[str] = typer.Option(
+        None, "--calib-method", help="Activation ranges: minmax, percentile or histogram [default: minmax]."
+    ),
     sensitivity: bool = typer.Option(
         False, "--sensitivity", help="Measure each layer's INT8 sensitivity; print and save the ranked table."
     ),
@@ -148,13 +150,21 @@ def export_cmd(
 
     if fp16 and int8:
         raise InputError("--fp16 and --int8 exclude each other; pick one precision")
-    if int8 is None and (sensitivity or any(v is not None for v in (calib, calib_size, max_drift, float_layers))):
-        raise InputError("--calib, --calib-size, --sensitivity, --max-drift and --float-layers apply to --int8; "
-                         "add --int8")
+    # an option that would be silently ignored is refused: the user believes it did something
+    calib_options = {"--calib": calib, "--calib-size": calib_size, "--seed": seed, "--calib-method": calib_method,
+                     "--sensitivity": sensitivity or None, "--max-drift": max_drift, "--float-layers": float_layers}
+    given = [name for name, value in calib_options.items() if value is not None]
+    if int8 is None and given:
+        raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --int8 only; add --int8 "
+                         "(or drop the option)")
+    if int8 == "weights" and given:
+        raise InputError(f"--int8 weights quantizes weights only, with no calibration: {', '.join(given)} would "
+                         "do nothing; drop it, or use --int8 (full) for calibrated int8 activations")
     int8_request = None
     if int8 is not None:
         int8_request = Int8Request(
-            calib=calib, calib_size=calib_size, seed=seed, method=calib_method, sensitivity=sensitivity,
+            calib=calib, calib_size=calib_size, seed=seed or 0, method=calib_method or "minmax",
+            sensitivity=sensitivity,
             max_drift=max_drift, float_layers=tuple(x.strip() for x in (float_layers or "").split(",") if x.strip()),
         )
     options = ExportOptions(
