@@ -53,7 +53,7 @@ class ModelConfig:
     targets: tuple[str, ...] = ("onnx", "tflite")
     precisions: tuple[str, ...] = ("fp32", "int8")
     data: str | None = None  # labelled (or unlabelled) evaluation images
-    max_images: int | None = None  # evaluate on the first N (sorted) images only
+    max_images: int | None = None  # evaluate on N images, evenly spread over the sorted files (every class)
     calib: str | None = None  # INT8 calibration data (default: the checkpoint's bundled images)
     calib_size: int | None = None
     calib_method: str = "minmax"

@@ -113,7 +113,8 @@ def export_cmd(
         False, "--nchw", help="Keep NCHW input for TFLite (default NHWC, as TFLite users expect)."
     ),
     images: Optional[Path] = typer.Option(
-        None, "--images", help="Folder of images to validate on (default: the bundled sample photos)."
+        None, "--images", help="Folder of images to validate the conversion on: its first 8 in name order (or "
+        "--batch, if more); default: the bundled sample photos. 'edgehybrid check' measures drift on a whole folder."
     ),
     threads: int = typer.Option(2, "--threads", min=1, help="Runtime threads used for validation."),
     int8: Optional[str] = typer.Option(

@@ -90,9 +90,39 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def output_dir(path: Path) -> Iterator[Path]:
+    """:func:`ensure_writable_dir` for one command's outputs: the folders it had to create are removed again
+    (when still empty) if the command fails, so a failed run leaves no empty output folder behind."""
+    path = Path(path)
+    created, p = [], path.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)  # deepest first
+        p = p.parent
+    ensure_writable_dir(path)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty folder goes
+        raise
+
+
+def check_replaceable(dst: Path, is_folder: bool) -> None:
+    """Refuse, before any work, to replace a folder with a file or a file with a folder: a user's folder
+    that happens to have the artifact's name is theirs, not an older artifact."""
+    dst = Path(dst)
+    if dst.exists() and dst.is_dir() != is_folder:
+        have, want = ("a folder", "a file") if dst.is_dir() else ("a file", "a folder")
+        raise InputError(f"{str(dst)!r} is {have}, and the artifact to write there is {want}; move it away or "
+                         "choose another --out")
+
+
 def move_into_place(src: Path, dst: Path) -> None:
     """Rename a finished file or folder onto ``dst``, replacing an older one only once the new one is whole."""
     src, dst = Path(src), Path(dst)
+    check_replaceable(dst, src.is_dir())
     if src.is_dir():
         old = None
         if dst.exists():
@@ -102,6 +132,4 @@ def move_into_place(src: Path, dst: Path) -> None:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     else:
-        if dst.is_dir():
-            shutil.rmtree(dst)
         os.replace(src, dst)

@@ -21,7 +21,14 @@ from calibration.preprocess import batched, find_images, load_batch, normalize, 
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import compare, top1_text
 from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
-from edgehybrid.fsutil import ensure_writable_dir, move_into_place, staging_dir, write_json_atomic, write_text_atomic
+from edgehybrid.fsutil import (
+    check_replaceable,
+    move_into_place,
+    output_dir,
+    staging_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 from edgehybrid.runtimes import RuntimeUnavailable, get_runtime
 from edgehybrid.int8 import INT8_MODES, Int8Request, quantize_for_target, sensitivity_markdown
 from exporters.base import Artifact, ExportOptions, get_exporter
@@ -87,6 +94,8 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
         )
     if options.batch < 1:
         raise InputError(f"--batch must be at least 1, got {options.batch}")
+    if req.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {req.threads}")
     exporter.check_available()  # before any work: a missing backend is a one-line answer, not a late crash
     int8 = req.int8 or Int8Request()
     if options.precision == "int8":
@@ -97,8 +106,15 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
             raise InputError(f"--int8 {options.int8_mode} is not available for {req.target}; it supports: "
                              f"{', '.join(exporter.int8_modes)}")
     images = _validation_images(req)  # cheap input checks first: a typo costs no model load
-    out_dir = ensure_writable_dir(req.out_dir)
+    stem = artifact_stem(req.model, options.precision)
+    check_replaceable(Path(req.out_dir) / f"{stem}{exporter.suffix}", exporter.artifact_is_folder)
+    with output_dir(req.out_dir) as out_dir:  # a failed export leaves no new empty folder
+        return _export_into(req, exporter, int8, images, out_dir, stem, log, t_start)
 
+
+def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[Path], out_dir: Path, stem: str,
+                 log: Log, t_start: float) -> dict:
+    options = req.options
     timings: dict[str, float] = {}
     t = time.perf_counter()
     loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
@@ -121,7 +137,6 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
         fp32_graph = graph
         graph = NormalizeInGraph(quant.graph, spec.preprocessing) if options.normalize_in_graph else quant.graph
 
-    stem = artifact_stem(req.model, options.precision)
     final_path = out_dir / f"{stem}{exporter.suffix}"
     with staging_dir(out_dir) as stage:
         staged = stage / final_path.name

@@ -81,6 +81,7 @@ class Artifact:
 class Exporter(Protocol):
     name: ClassVar[str]  # the --target value
     suffix: ClassVar[str]  # ".onnx", ".mlpackage", ".tflite"
+    artifact_is_folder: ClassVar[bool]  # True when the artifact is a folder (.mlpackage)
     extra: ClassVar[str]  # the pip extra that brings its converter
     runtime: ClassVar[str]  # the runtime that validates it (edgehybrid.runtimes)
     precisions: ClassVar[tuple[str, ...]]

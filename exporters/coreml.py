@@ -69,6 +69,7 @@ class CoreMLExporter:
 
     name: ClassVar[str] = "coreml"
     suffix: ClassVar[str] = ".mlpackage"
+    artifact_is_folder: ClassVar[bool] = True
     extra: ClassVar[str] = "coreml"
     runtime: ClassVar[str] = "coreml"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")

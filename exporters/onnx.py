@@ -79,6 +79,7 @@ class OnnxExporter:
 
     name: ClassVar[str] = "onnx"
     suffix: ClassVar[str] = ".onnx"
+    artifact_is_folder: ClassVar[bool] = False
     extra: ClassVar[str] = "onnx"
     runtime: ClassVar[str] = "onnxruntime"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")

@@ -83,6 +83,7 @@ class TFLiteExporter:
 
     name: ClassVar[str] = "tflite"
     suffix: ClassVar[str] = ".tflite"
+    artifact_is_folder: ClassVar[bool] = False
     extra: ClassVar[str] = "tflite"
     runtime: ClassVar[str] = "litert"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")

@@ -95,14 +95,26 @@ def test_bad_inputs_fail_in_one_line(tmp_path, cli):
          "is not a folder"),
         (["export", "mobilevit_xxs", "--target", "onnx", "--weights", "random", "--input-size", "100", "100"],
          "multiples of 64"),
-        (["export", "mobilevit_xxs", "--target", "onnx", "--weights", "random", "--batch", "0"], "at least 1"),
+        (["export", "mobilevit_xxs", "--target", "onnx", "--weights", "random", "--batch", "0"],
+         "'--batch': Input should be greater than or equal to 1"),
+        # a failed export leaves no new empty folder behind (the model load fails after --out was checked)
+        (["export", "mobilevit_xxs", "--target", "onnx", "--weights", tmp_path / "corrupt.safetensors",
+          "--out", tmp_path / "new" / "deep"], "corrupt.safetensors"),
+        # a folder of the user's that has the artifact's name is not an older artifact: refused, not deleted
+        (["export", "mobilevit_xxs", "--target", "onnx", "--weights", "random", "--out", tmp_path / "out"],
+         "mobilevit_xxs.onnx' is a folder, and the artifact to write there is a file"),
     ]
     (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    (tmp_path / "out" / "mobilevit_xxs.onnx").mkdir(parents=True)
+    (tmp_path / "out" / "mobilevit_xxs.onnx" / "mine.txt").write_text("the user's")
     for args, expected in cases:
         code, out, err = cli(*args)
         assert code == 2, (args, err)
         assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert out == ""
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "out" / "mobilevit_xxs.onnx" / "mine.txt").read_text() == "the user's"
 
 
 def test_empty_and_unreadable_validation_images(tmp_path, cli):
