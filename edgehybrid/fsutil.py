@@ -99,8 +99,8 @@ def output_dir(path: Path) -> Iterator[Path]:
     while not p.exists() and p != p.parent:
         created.append(p)  # deepest first
         p = p.parent
-    ensure_writable_dir(path)
     try:
+        ensure_writable_dir(path)
         yield path
     except BaseException:
         for folder in created:
