@@ -60,12 +60,13 @@ def main() -> None:
     logits: dict[tuple[str, str], np.ndarray] = {}
     floors: dict[str, tuple[str, str, np.ndarray]] = {}  # target -> (default kernels, other kernels, logits)
     decoded: dict[str, np.ndarray] = {}  # every artifact of one model shares its preprocessing: decode once
+    int8 = Int8Request(method=args.calib_method, max_drift=args.max_drift, holdout=args.holdout)
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets:
             for precision in ("fp32", "int8"):
                 req = ExportRequest(model=args.model, target=target, out_dir=Path(tmp) / target,
                                     options=ExportOptions(precision=precision), threads=args.threads,
-                                    int8=Int8Request(method=args.calib_method, max_drift=args.max_drift, holdout=args.holdout) if precision == "int8" else None)
+                                    int8=int8 if precision == "int8" else None)
                 manifest = run_export(req)
                 artifact = Path(tmp) / target / Path(manifest["artifact"]).name
                 manifest = read_manifest(artifact)

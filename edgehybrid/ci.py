@@ -171,11 +171,16 @@ def _known(table, allowed: set[str], what: str) -> None:
 
 
 def _number(table: dict, key: str, default, kind, minimum):
-    value = table.get(key, default)
+    return _checked_number(table.get(key, default), f"[ci] {key}", kind, minimum)
+
+
+def _checked_number(value, what: str, kind, low, high=None):
+    """``value`` as ``kind`` (int or float) within ``low``..``high``, or a one-line InputError naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise InputError(f"[ci] {key} must be a{'n integer' if kind is int else ' number'}, got {value!r}")
-    if value < minimum:
-        raise InputError(f"[ci] {key} must be at least {minimum}, got {value}")
+        raise InputError(f"{what} must be a{'n integer' if kind is int else ' number'}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise InputError(f"{what} must be {span}, got {value!r}")
     return kind(value)
 
 
@@ -208,14 +213,7 @@ def _check_model_types(d: dict, where: str) -> None:
             if not isinstance(value, str) or not value:
                 raise InputError(f"{key} of {where} must be a non-empty string, got {value!r}")
         else:
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or (kind is int and not isinstance(value, int)):
-                raise InputError(f"{key} of {where} must be a{'n integer' if kind is int else ' number'}, "
-                                 f"got {value!r}")
-            low, high = bounds
-            if value < low or (high is not None and value > high):
-                span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
-                raise InputError(f"{key} of {where} must be {span}, got {value!r}")
+            _checked_number(value, f"{key} of {where}", kind, *bounds)
     if "calib_method" in d and d["calib_method"] not in CALIB_METHODS:
         raise UnknownNameError.for_choice("calib_method", d["calib_method"], CALIB_METHODS, hint=where)
 

@@ -25,11 +25,16 @@ def ensure_writable_dir(path: Path) -> Path:
         raise InputError(f"output path {str(path)!r} exists and is not a folder; choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".edgehybrid-probe-"):
-            pass
+        _probe_write(path)
     except OSError as exc:
         raise InputError(f"output folder {str(path)!r} is not writable ({exc.strerror}); choose another --out") from exc
     return path
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove a file in ``folder``: the OSError a real write would meet, before any work."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".edgehybrid-probe-"):
+        pass
 
 
 def check_output_file(path: Path, suffixes: tuple[str, ...], option: str) -> str:
@@ -46,8 +51,7 @@ def check_output_file(path: Path, suffixes: tuple[str, ...], option: str) -> str
         what = "is not a folder" if parent.exists() else "does not exist"
         raise InputError(f"{option} {str(path)!r}: {str(parent)!r} {what}; create the folder or choose another path")
     try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".edgehybrid-probe-"):
-            pass
+        _probe_write(parent)
     except OSError as exc:
         raise InputError(f"{option} {str(path)!r}: folder {str(parent)!r} is not writable ({exc.strerror})") from exc
     return suffix
