@@ -30,17 +30,12 @@ warnings.filterwarnings("ignore")
 
 from calibration.preprocess import load_pixels, normalize
 from calibration.sources import DATA_DIR
-from edgehybrid.check import (
-    open_session,
-    preprocessing_of,
-    read_dataset,
-    read_manifest,
-    run_batched,
-)
+from edgehybrid.check import preprocessing_of, read_dataset, read_manifest
 from edgehybrid.int8 import Int8Request
 from edgehybrid.pipeline import ExportRequest, run_export
-from edgehybrid.runtimes import get_runtime
-from exporters.base import ExportOptions, get_exporter
+from edgehybrid.runtimes import get_runtime, open_session, run_batched
+from edgehybrid.targets import get_target
+from exporters.base import ExportOptions
 from models_zoo import load_model
 
 
@@ -71,7 +66,7 @@ def main() -> None:
                 artifact = Path(tmp) / target / Path(manifest["artifact"]).name
                 manifest = read_manifest(artifact)
                 pre, in_graph = preprocessing_of(manifest)
-                session, _executed, _method, _ = open_session(manifest, artifact, args.threads)
+                session = open_session(target, artifact, args.threads).session
                 key = repr(pre)
                 if key not in decoded:
                     decoded[key] = np.stack([load_pixels(f, pre) for f in data.paths])
@@ -82,15 +77,15 @@ def main() -> None:
                         logits[("pytorch", "fp32")] = loaded.model(torch.from_numpy(x)).numpy()
                 inp, out = manifest["inputs"][0], manifest["outputs"][0]
                 feed = pixels if in_graph else x
-                nhwc = inp.get("layout") == "NHWC"
+                layout = inp.get("layout")
                 logits[(target, precision)] = run_batched(session, feed, manifest["batch"], inp["name"], out["name"],
-                                                           nhwc)
-                runtime = get_runtime(get_exporter(target).runtime)
+                                                           layout)
+                runtime = get_runtime(get_target(target).runtime)
                 variants = tuple(getattr(runtime, "kernels", ()))
                 if precision == "int8" and len(variants) > 1:
                     other = runtime.load(artifact, threads=args.threads, kernels=variants[1])
                     floors[target] = (variants[0], variants[1],
-                                      run_batched(other, feed, manifest["batch"], inp["name"], out["name"], nhwc))
+                                      run_batched(other, feed, manifest["batch"], inp["name"], out["name"], layout))
     labels = data.labels
     ref = float((logits[("pytorch", "fp32")].argmax(1) == labels).mean() * 100)
     print(f"# {args.model} on {len(labels)} labelled validation images ({args.data}), {args.threads} threads")

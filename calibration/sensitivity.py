@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from calibration.ops import QuantPolicy
 from calibration.quantize import Calibrated, float_output_nodes, int8_nodes, keep_edge, observer_edge
 from edgehybrid.drift import compare
 
@@ -57,12 +58,11 @@ class Simulator:
 
     cal: Calibrated
     held_out: torch.Tensor
-    float_kinds: tuple[str, ...] = ()
-    float_output_kinds: tuple[str, ...] = ()
+    policy: QuantPolicy = QuantPolicy()
 
     def __post_init__(self):
         self.graph = copy.deepcopy(self.cal.prepared)
-        self.float_out = float_output_nodes(self.cal.layers, self.float_output_kinds)
+        self.float_out = float_output_nodes(self.cal.layers, self.policy.float_output_kinds)
         self.edges: dict[str, tuple[set[str], set[str]]] = {}
         for node in self.graph.graph.nodes:
             edge = observer_edge(node)
@@ -90,13 +90,13 @@ class Simulator:
         return compare(self.reference.numpy(), out.numpy()).sqnr_db
 
     def plan_sqnr(self) -> float:
-        return self.sqnr(int8_nodes(self.cal.layers, self.float_kinds))
+        return self.sqnr(int8_nodes(self.cal.layers, self.policy.float_kinds))
 
     def layer_sensitivity(self) -> dict[str, float]:
         """Each layer alone in int8 (the target's float kinds stay float): output SQNR in dB."""
         out = {}
         for name, layer in self.cal.layers.items():
-            nodes = {n for n, k in zip(layer.nodes, layer.kinds) if k not in self.float_kinds}
+            nodes = {n for n, k in zip(layer.nodes, layer.kinds) if k not in self.policy.float_kinds}
             out[name] = self.sqnr(nodes) if nodes else math.inf
         return out
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.preprocess import IMAGE_SUFFIXES, batched, load_pixels, normalize
+from calibration.preprocess import IMAGE_SUFFIXES, load_pixels, normalize
 from calibration.sources import data_path
 from edgehybrid.drift import compare
 from edgehybrid.errors import InputError, suggest
+from edgehybrid.runtimes import run_batched
 from models_zoo.registry import Preprocessing
 from models_zoo.weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, sha256_file
 
@@ -176,20 +177,11 @@ def preprocessing_of(manifest: dict) -> tuple[Preprocessing, bool]:
 
 
 def open_session(manifest: dict, artifact: Path, threads: int):
-    """(session, executed, method, reason): the artifact on its runtime, or, where that runtime cannot run
-    here (Core ML off macOS), the exporter's reference evaluation of the same saved program, labelled."""
-    from edgehybrid.runtimes import RuntimeUnavailable, get_runtime
-    from exporters.base import get_exporter
+    """(session, executed, method, reason) for the manifest's target (:func:`edgehybrid.runtimes.open_session`)."""
+    from edgehybrid.runtimes import open_session as open_runtime
 
-    exporter = get_exporter(manifest["target"])
-    try:
-        return get_runtime(exporter.runtime).load(artifact, threads=threads), True, f"{exporter.runtime} runtime", None
-    except RuntimeUnavailable as exc:
-        fallback = getattr(exporter, "reference_session", None)
-        if fallback is None:
-            raise
-        session = fallback(artifact)
-        return session, False, f"simulated: {session.label}", str(exc)
+    opened = open_runtime(manifest["target"], artifact, threads)
+    return opened.session, opened.executed, opened.method, opened.reason
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -215,7 +207,6 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
     session, executed, method, reason = open_session(manifest, artifact, threads)
     in_info, out_info = manifest["inputs"][0], manifest["outputs"][0]
     batch = int(manifest.get("batch") or 1)
-    nhwc = in_info.get("layout") == "NHWC"
 
     torch.set_num_threads(threads)
     model = loaded.model.eval()
@@ -229,7 +220,7 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
             with torch.no_grad():
                 refs.append(model(torch.from_numpy(normed)).numpy())
             feeds = pixels if in_graph else normed
-            outs.append(run_batched(session, feeds, batch, in_info["name"], out_info["name"], nhwc))
+            outs.append(run_batched(session, feeds, batch, in_info["name"], out_info["name"], in_info.get("layout")))
             if bar:
                 bar(len(chunk))
     finally:
@@ -274,17 +265,6 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
         "passed": all(c["passed"] for c in checks),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-
-
-def run_batched(session, x: np.ndarray, batch: int, in_name: str, out_name: str, nhwc: bool) -> np.ndarray:
-    """Feed ``x`` (N, 3, H, W) through a static-batch artifact, padding the last batch by repetition."""
-    out = []
-    for b in batched(x, batch):
-        if nhwc:
-            b = b.transpose(0, 2, 3, 1)
-        result = session.run({in_name: np.ascontiguousarray(b, dtype=np.float32)})
-        out.append(np.asarray(result[out_name], dtype=np.float32).reshape(batch, -1))
-    return np.concatenate(out)[:len(x)]
 
 
 def _topk_acc(logits: np.ndarray, labels: np.ndarray, k: int) -> float:

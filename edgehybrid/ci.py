@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from edgehybrid.errors import CheckFailedError, InputError, UnknownNameError
+from edgehybrid.targets import Precision
 
 SCHEMA = "edgehybrid.ci/1"
 BASELINE_SCHEMA = "edgehybrid.ci-baseline/1"
-PRECISIONS = ("fp32", "fp16", "int8")
 _CI_KEYS = {"out", "baseline", "threads", "latency_tolerance", "accuracy_tolerance", "latency_rounds",
             "latency_runs"}
 
@@ -51,12 +51,12 @@ class ModelConfig:
     name: str = ""
     weights: str | None = None
     targets: tuple[str, ...] = ("onnx", "tflite")
-    precisions: tuple[str, ...] = ("fp32", "int8")
+    precisions: tuple[Precision | str, ...] = ("fp32", "int8")
     data: str | None = None  # labelled (or unlabelled) evaluation images
     max_images: int | None = None  # evaluate on N images, evenly spread over the sorted files (every class)
     calib: str | None = None  # INT8 calibration data (default: the checkpoint's bundled images)
     calib_size: int | None = None
-    calib_method: str = "minmax"
+    calib_method: str | None = None  # default minmax
     max_top1_drop: float | None = 1.0
     min_agreement: float | None = 95.0
     min_cosine: float | None = 0.98
@@ -80,7 +80,13 @@ class Config:
 class Job:
     model: ModelConfig
     target: str
-    precision: str
+    precision: Precision
+
+    @property
+    def supported(self) -> bool:
+        from edgehybrid.targets import get_target
+
+        return get_target(self.target).supports(self.precision)
 
     @property
     def id(self) -> str:
@@ -201,7 +207,7 @@ _MODEL_TYPES = {
 
 def _check_model_types(d: dict, where: str) -> None:
     """A wrong type or range is refused when the config loads, not when its job runs, minutes later."""
-    from calibration.quantize import CALIB_METHODS
+    from calibration.annotate import CALIB_METHODS
 
     for key, value in d.items():
         kind, *bounds = _MODEL_TYPES[key]
@@ -220,7 +226,7 @@ def _check_model_types(d: dict, where: str) -> None:
 
 def _model_config(d: dict, base: Path, fname: str) -> ModelConfig:
     from calibration.sources import data_path
-    from exporters.base import targets as all_targets
+    from edgehybrid.targets import get_target
     from models_zoo.zoo import parse_ref
 
     where = f"model {d['name']!r} in {fname}"
@@ -231,11 +237,20 @@ def _model_config(d: dict, base: Path, fname: str) -> ModelConfig:
                          "reference from the weights, and random ones cannot be rebuilt; use a checkpoint or a tag")
     cfg = ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
     for t in cfg.targets:
-        if t not in all_targets():
-            raise UnknownNameError.for_choice("target", t, all_targets(), hint=where)
-    for p in cfg.precisions:
-        if p not in PRECISIONS:
-            raise UnknownNameError.for_choice("precision", p, PRECISIONS, hint=where)
+        get_target(t, hint=where)
+    precisions = tuple(Precision.parse(p, hint=where) for p in cfg.precisions)
+    # a precision that none of the model's targets builds is a mistake; one that some do runs there, and the
+    # other targets' jobs for it are listed as skipped (int8-weights is Core ML's alone)
+    for p in precisions:
+        if not any(get_target(t).supports(p) for t in cfg.targets):
+            raise InputError(f"precision {p.value!r} of {where} is supported by none of its targets "
+                             f"({', '.join(cfg.targets)}); drop it, or add a target that supports it")
+    calibrated = [p for p in precisions if p.calibrated]
+    given = [k for k in ("calib", "calib_size", "calib_method") if d.get(k) is not None]
+    if given and not calibrated:
+        raise InputError(f"{', '.join(given)} of {where} appl{'ies' if len(given) == 1 else 'y'} to calibrated int8 "
+                         "only, and its precisions have none; add \"int8\" or drop the key")
+    cfg = replace(cfg, precisions=precisions)
     if cfg.data is None:
         raise InputError(f"{where} has no data; set data = \"path/to/images\" (in [defaults] or the model)")
     data = data_path(cfg.data, base)
@@ -285,12 +300,11 @@ def select_targets(all_jobs: list[Job], only: str | None) -> list[Job]:
     """``--targets onnx,tflite``: keep those targets' jobs (a Linux runner and a Mac split one config)."""
     if not only:
         return all_jobs
-    from exporters.base import targets as all_targets
+    from edgehybrid.targets import get_target
 
     wanted = [t.strip() for t in only.split(",") if t.strip()]
     for t in wanted:
-        if t not in all_targets():
-            raise UnknownNameError.for_choice("target", t, all_targets(), hint="--targets")
+        get_target(t, hint="--targets")
     kept = [j for j in all_jobs if j.target in wanted]
     if not kept:
         raise InputError(f"--targets {only} selects no job of the config; its targets are "
@@ -352,9 +366,17 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
     t0 = time.perf_counter()
     m = job.model
     result = JobResult(job)
+    if not job.supported:
+        from edgehybrid.targets import get_target
+
+        target = get_target(job.target)
+        result.status = "skipped"
+        result.notes.append(f"{target.title} has no {job.precision} export (it supports "
+                            f"{', '.join(p.value for p in target.precisions)})")
+        return result
     out_dir = artifacts / m.name / job.target
     int8 = None
-    if job.precision == "int8":
+    if job.precision.calibrated:
         int8 = Int8Request(calib=m.calib, calib_size=m.calib_size, method=m.calib_method)
     request = ExportRequest(model=m.name, target=job.target, out_dir=out_dir, weights=m.weights,
                             options=ExportOptions(precision=job.precision), threads=cfg.threads, int8=int8)
@@ -396,6 +418,7 @@ def measure_latency(artifact: Path, manifest: dict, cfg: Config) -> dict:
     import torch
 
     from edgehybrid.check import open_session, reference_model
+    from edgehybrid.runtimes import to_layout
 
     session, _, _, _ = open_session(manifest, artifact, cfg.threads)
     loaded, _ = reference_model(manifest, None)
@@ -403,13 +426,11 @@ def measure_latency(artifact: Path, manifest: dict, cfg: Config) -> dict:
     torch.set_num_threads(cfg.threads)
     info = manifest["inputs"][0]
     shape = [abs(d) for d in info["shape"]]
-    rng = np.random.default_rng(0)
-    feed = {info["name"]: rng.standard_normal(shape).astype(np.float32)}
-    if info.get("layout") == "NHWC":
-        nchw = feed[info["name"]].transpose(0, 3, 1, 2)
-    else:
-        nchw = feed[info["name"]]
-    x = torch.from_numpy(np.ascontiguousarray(nchw))
+    if info.get("layout") == "NHWC":  # the same image for both, in each one's layout
+        shape = [shape[0], shape[3], shape[1], shape[2]]
+    nchw = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feed = {info["name"]: to_layout(nchw, info.get("layout"))}
+    x = torch.from_numpy(nchw)
 
     def timed(fn) -> list[float]:
         out = []
@@ -534,6 +555,10 @@ def junit(doc: dict) -> str:
     cases = []
     for j in doc["jobs"]:
         cls = j["id"].replace("/", ".")
+        if j["status"] == "skipped":  # a precision this target has no export for: said, not run
+            cases.append({"classname": cls, "name": "export", "passed": True, "skipped": "; ".join(j["notes"]),
+                          "message": "skipped", "seconds": 0.0})
+            continue
         per = j["seconds"] / max(1, len(j["checks"]) + 2)
         for c in j["checks"]:
             cases.append({"classname": cls, "name": c["name"], "passed": c["passed"], "message": c["message"],

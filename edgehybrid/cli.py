@@ -93,12 +93,16 @@ def info_cmd(
 @app.command("export")
 def export_cmd(
     model: str = typer.Argument(..., help="Zoo name, optionally with a checkpoint tag (mobilevit_s.cvnets_in1k)."),
-    target: str = typer.Option(..., "--target", "-t", help="Artifact format: onnx, coreml or tflite."),
+    target: str = typer.Option(..., "--target", "-t", help="Artifact format: onnx, coreml, tflite or executorch."),
     weights: Optional[str] = typer.Option(
         None, "--weights", "-w",
         help="A .safetensors/.pth file, hf-hub:<org>/<repo>, or 'random'; default: the name's checkpoint.",
     ),
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="Output folder for the artifact and its manifest."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", "-p", help="fp32 (default), fp16, int8 (calibrated weights and activations) or "
+        "int8-weights (weight-only); --fp16 and --int8 are shorthands.",
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights/compute where the target supports it."),
     batch: int = typer.Option(1, "--batch", min=1, help="Static batch size of the artifact's input."),
     input_size: Optional[tuple[int, int]] = typer.Option(
@@ -143,34 +147,19 @@ def export_cmd(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document on stdout."),
 ) -> None:
-    """Export MODEL to an ONNX, Core ML or TFLite artifact, validate it against PyTorch, write its manifest."""
-    from edgehybrid.errors import InputError
+    """Export MODEL to an ONNX, Core ML, TFLite or ExecuTorch artifact, validate it against PyTorch, write its manifest."""
     from edgehybrid.int8 import Int8Request
     from edgehybrid.pipeline import ExportRequest, run_export
+    from edgehybrid.targets import Precision
     from exporters.base import ExportOptions
 
-    if fp16 and int8:
-        raise InputError("--fp16 and --int8 exclude each other; pick one precision")
-    # an option that would be silently ignored is refused: the user believes it did something
-    calib_options = {"--calib": calib, "--calib-size": calib_size, "--seed": seed, "--calib-method": calib_method,
-                     "--sensitivity": sensitivity or None, "--max-drift": max_drift, "--float-layers": float_layers}
-    given = [name for name, value in calib_options.items() if value is not None]
-    if int8 is None and given:
-        raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --int8 only; add --int8 "
-                         "(or drop the option)")
-    if int8 == "weights" and given:
-        raise InputError(f"--int8 weights quantizes weights only, with no calibration: {', '.join(given)} would "
-                         "do nothing; drop it, or use --int8 (full) for calibrated int8 activations")
-    int8_request = None
-    if int8 is not None:
-        int8_request = Int8Request(
-            calib=calib, calib_size=calib_size, seed=seed or 0, method=calib_method or "minmax",
-            sensitivity=sensitivity,
-            max_drift=max_drift, float_layers=tuple(x.strip() for x in (float_layers or "").split(",") if x.strip()),
-        )
+    int8_request = Int8Request(
+        calib=calib, calib_size=calib_size, seed=seed, method=calib_method, sensitivity=sensitivity,
+        max_drift=max_drift, float_layers=tuple(x.strip() for x in (float_layers or "").split(",") if x.strip()),
+    )
     options = ExportOptions(
-        precision="int8" if int8 else "fp16" if fp16 else "fp32", batch=batch, normalize_in_graph=normalize_in_graph,
-        channels_last=False if nchw else None, int8_mode=int8 or "full",
+        precision=Precision.from_flags(precision, fp16, int8), batch=batch, normalize_in_graph=normalize_in_graph,
+        channels_last=False if nchw else None,
     )
     request = ExportRequest(
         model=model, target=target, out_dir=out, weights=weights, options=options, num_classes=num_classes,
@@ -187,8 +176,8 @@ def export_cmd(
 
 @app.command("profile")
 def profile_cmd(
-    artifacts: list[Path] = typer.Argument(..., help="One or more artifacts (.onnx, .tflite, .mlpackage) to profile."),
-    runtime: str = typer.Option("auto", "--runtime", "-r", help="auto (from the suffix), onnxruntime, litert or coreml."),
+    artifacts: list[Path] = typer.Argument(..., help="One or more artifacts (.onnx, .tflite, .mlpackage, .pte) to profile."),
+    runtime: str = typer.Option("auto", "--runtime", "-r", help="auto (from the suffix), onnxruntime, litert, coreml or executorch."),
     threads: int = typer.Option(2, "--threads", min=1, help="Runtime threads (recorded in the report)."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs before timing starts."),
     runs: Optional[int] = typer.Option(
@@ -251,7 +240,7 @@ def profile_cmd(
 
 @app.command("check")
 def check_cmd(
-    artifact: Path = typer.Argument(..., help="An exported artifact (.onnx, .tflite, .mlpackage) with its manifest."),
+    artifact: Path = typer.Argument(..., help="An exported artifact (.onnx, .tflite, .mlpackage, .pte) with its manifest."),
     data: Path = typer.Option(
         ..., "--data", help="Folder of images: one sub-folder per class (named as the model's classes) for "
         "accuracy, or loose images for agreement figures only. bundled:cifar10/eval names the package's own "

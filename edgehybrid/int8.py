@@ -1,8 +1,9 @@
 """The INT8 step of an export: calibration source -> calibrated plan -> (sensitivity, drift budget) ->
 the quantized graph for one target, plus the report the manifest carries.
 
-One calibration serves every target; a target only chooses which op kinds it runs in float because its
-int8 kernel is slower (``Exporter.float_kinds``) and whether quantized weights stay folded.
+One calibration serves every target; a target only chooses, through its exporter's typed
+:class:`~calibration.ops.QuantPolicy`, which op kinds it runs in float because its int8 kernel is slower
+and whether quantized weights stay folded.
 """
 
 from __future__ import annotations
@@ -14,13 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from calibration.quantize import (
-    apply_float_layers,
-    calibrate,
-    capture,
-    check_method,
-    finalize,
-)
+from calibration.annotate import CalibrationMethod
+from calibration.quantize import apply_float_layers, calibrate, capture, finalize
 from calibration.sensitivity import (
     Simulator,
     drift_of,
@@ -31,28 +27,44 @@ from calibration.sources import check_size, open_source
 from edgehybrid.errors import InputError
 from models_zoo.registry import ModelSpec
 
-INT8_MODES = ("full", "weights")  # "full": int8 weights and activations; "weights": int8 weights, float compute
-
-
 @dataclass(frozen=True)
 class Int8Request:
-    """What ``--int8`` and its companion options asked for."""
+    """What ``--int8`` and its companion options asked for; ``None`` (or empty) means not given, so an option
+    that the chosen precision would ignore can be named and refused (:meth:`given`)."""
 
-    calib: str | None = None  # folder, .npy/.npz, "synthetic", or None for the bundled photos
+    calib: str | None = None  # folder, .npy/.npz, "synthetic", or None for the checkpoint's bundled photos
     calib_size: int | None = None
-    seed: int = 0
-    method: str = "minmax"
+    seed: int | None = None  # default 0
+    method: CalibrationMethod | str | None = None  # default minmax
     sensitivity: bool = False
     max_drift: float | None = None
     float_layers: tuple[str, ...] = ()
     holdout: int = 8
 
+    #: option -> CLI spelling, for messages
+    _FLAGS = {"calib": "--calib", "calib_size": "--calib-size", "seed": "--seed", "method": "--calib-method",
+              "sensitivity": "--sensitivity", "max_drift": "--max-drift", "float_layers": "--float-layers"}
+
+    def given(self) -> list[str]:
+        """The options set, as the CLI spells them."""
+        return [flag for key, flag in self._FLAGS.items() if getattr(self, key) not in (None, False, ())]
+
+    @property
+    def calib_method(self) -> CalibrationMethod:
+        return CalibrationMethod.parse(self.method if self.method is not None else CalibrationMethod.MINMAX)
+
+    @property
+    def calib_seed(self) -> int:
+        return 0 if self.seed is None else int(self.seed)
+
     def check(self) -> None:
         """Cheap checks of the options, before any model is loaded."""
-        check_method(self.method)
+        self.calib_method  # noqa: B018  an unknown method: a did-you-mean
         check_size(self.calib_size)
         if self.max_drift is not None and not (0 < self.max_drift < 1):
             raise InputError(f"--max-drift is a relative logit error between 0 and 1 (0.05 = 5%), got {self.max_drift}")
+        if self.holdout < 0:
+            raise InputError(f"the held-out sample count cannot be negative, got {self.holdout}")
 
 
 @dataclass
@@ -66,16 +78,16 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
                         log: Callable[[str], None], progress=None, bundled_calib: str | None = None) -> Int8Result:
     """Calibrate ``model`` and return the quantized graph for ``exporter``'s target with its report.
     ``bundled_calib``: the checkpoint's own bundled calibration images, used when ``req.calib`` is None."""
-    float_kinds = tuple(getattr(exporter, "float_kinds", ()))
-    float_output_kinds = tuple(getattr(exporter, "float_output_kinds", ()))
-    source = open_source(req.calib, spec.preprocessing, tuple(example.shape[1:]), req.calib_size, req.seed, log,
+    policy = exporter.quant_policy
+    method, seed = req.calib_method, req.calib_seed
+    source = open_source(req.calib, spec.preprocessing, tuple(example.shape[1:]), req.calib_size, seed, log,
                          bundled=bundled_calib)
     total = len(source)
     holdout = min(req.holdout, total // 4) // example.shape[0] * example.shape[0]
     gm = capture(model, example)
     advance = progress(total) if progress else None
     try:
-        cal = calibrate(gm, source.batches(16), batch_size=int(example.shape[0]), method=req.method,
+        cal = calibrate(gm, source.batches(16), batch_size=int(example.shape[0]), method=method,
                         holdout=holdout, progress=advance or (lambda _n: None))
     finally:
         if advance is not None:
@@ -83,7 +95,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     skipped = getattr(source, "skipped", None) or []
     if skipped:
         log(f"skipped {len(skipped)} unreadable calibration file(s), e.g. {skipped[0]!r}")
-    log(f"calibrated {len(cal.layers)} layers ({req.method}) on {cal.samples} samples from {source.description}"
+    log(f"calibrated {len(cal.layers)} layers ({method}) on {cal.samples} samples from {source.description}"
         + (f"; {holdout} held out for measurement" if holdout else ""))
     apply_float_layers(cal.layers, req.float_layers, "kept in float by --float-layers")
 
@@ -91,7 +103,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     steps: list[dict] = []
     measured: dict = {"held_out_samples": holdout}
     if cal.held_out is not None:
-        sim = Simulator(cal, cal.held_out, float_kinds, float_output_kinds)
+        sim = Simulator(cal, cal.held_out, policy)
         measured["all_int8_sqnr_db"] = _db(sim.plan_sqnr())
         if req.sensitivity or req.max_drift is not None:
             ranking = measure_sensitivity(sim)
@@ -108,9 +120,9 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
         raise InputError("--sensitivity / --max-drift need held-out samples: pass at least "
                          f"{4 * example.shape[0]} calibration samples (--calib, --calib-size)")
 
-    graph = finalize(cal, float_kinds, fold_quantize=getattr(exporter, "fold_quantize", True),
-                     float_output_kinds=float_output_kinds)
+    graph = finalize(cal, policy)
     n_float = sum(1 for x in cal.layers.values() if x.precision == "float")
+    float_kinds = policy.float_kind_names()
     log(f"INT8 plan: {len(cal.layers) - n_float} layers int8, {n_float} float"
         + (f"; {', '.join(float_kinds)} in float on {exporter.name}" if float_kinds else "")
         + (f"; held-out output SQNR {measured['plan_sqnr_db']} dB (drift {measured['plan_drift']})"
@@ -118,16 +130,15 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     report = {
         "mode": "full",
         "scheme": "int8 weights per-channel symmetric; int8 activations per-tensor affine"
-                  + (" (stored as uint8 with zero point +128 for ONNX Runtime's u8s8 kernels)"
-                     if exporter.name == "onnx" else ""),
-        "calibration": {"source": source.description, "samples": cal.samples, "method": req.method,
-                        "seed": req.seed, "requested_size": req.calib_size, "skipped_files": len(skipped)},
-        "target_float_kinds": list(float_kinds),
+                  + ("" if policy.activation_storage == "int8" else f" (stored as {policy.activation_storage})"),
+        "calibration": {"source": source.description, "samples": cal.samples, "method": method.value,
+                        "seed": seed, "requested_size": req.calib_size, "skipped_files": len(skipped)},
+        "target_float_kinds": float_kinds,
         "max_drift": req.max_drift,
         "drift_metric": "relative RMS error of the logits against FP32 on held-out calibration samples",
         "measured": measured,
         "budget_steps": steps,
-        "layers": cal.report(float_kinds),
+        "layers": cal.report(policy.float_kinds),
     }
     if ranking:
         report["sensitivity"] = [{"layer": n, "sqnr_db": _db(v)} for n, v in ranking]

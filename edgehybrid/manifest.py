@@ -67,7 +67,7 @@ def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings:
         "batch": req.options.batch,
         "validation": validation,
         "quantization": quantization if quantization is not None else (
-            {"mode": "weights"} if artifact.precision == "int8" else None),
+            {"mode": "weights"} if artifact.precision == "int8-weights" else None),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "versions": versions,
         "details": artifact.details,

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from calibration.preprocess import batched, find_images, load_batch, normalize, sample_images
 from edgehybrid import manifest as manifest_mod
-from edgehybrid.drift import compare, top1_text
-from edgehybrid.errors import CheckFailedError, EdgeHybridError, InputError
+from edgehybrid.drift import top1_text
+from edgehybrid.errors import InputError
 from edgehybrid.fsutil import (
     check_replaceable,
     move_into_place,
@@ -29,9 +28,10 @@ from edgehybrid.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
-from edgehybrid.runtimes import RuntimeUnavailable, get_runtime
-from edgehybrid.int8 import INT8_MODES, Int8Request, quantize_for_target, sensitivity_markdown
-from exporters.base import Artifact, ExportOptions, get_exporter
+from edgehybrid.int8 import Int8Request, quantize_for_target, sensitivity_markdown
+from edgehybrid.targets import Precision, Target, get_target
+from edgehybrid.validate import raise_for, validate
+from exporters.base import ExportOptions, get_exporter
 from models_zoo import load_model
 from models_zoo.zoo import parse_ref
 from models_zoo.registry import Preprocessing
@@ -53,9 +53,33 @@ class ExportRequest:
     images: Path | None = None  # validation images; the bundled samples when None
     max_images: int = 8
     threads: int = 2
-    int8: Int8Request | None = None  # calibration and plan options when options.precision == "int8"
+    int8: Int8Request | None = None  # calibration and plan options, for calibrated int8 only
     # total -> a callable advanced with each count done, with close(): a progress bar (edgehybrid.console.progress)
     progress: Callable[[int], Callable[[int], None]] | None = field(default=None, compare=False)
+
+    @property
+    def precision(self) -> Precision:
+        return self.options.precision
+
+    def check(self) -> Target:
+        """Every rule between the options, checked before any work; returns the target. The CLI, ``ci``, the
+        benchmarks and the Python API all go through here, so they refuse the same things alike."""
+        target = get_target(self.target)
+        precision = target.check_precision(self.options.precision)
+        for what, value in (("--batch", self.options.batch), ("--threads", self.threads),
+                            ("the number of validation images", self.max_images)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{what} must be at least 1, got {value!r}")
+        given = self.int8.given() if self.int8 is not None else []
+        if given and precision is Precision.INT8_WEIGHTS:
+            raise InputError(f"int8-weights quantizes weights only, with no calibration: {', '.join(given)} would "
+                             "do nothing; drop it, or use --int8 (full) for calibrated int8 activations")
+        if given and not precision.calibrated:
+            raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --int8 only; add --int8 "
+                             "(or drop the option)")
+        if precision.calibrated:
+            (self.int8 or Int8Request()).check()
+        return target
 
 
 class NormalizeInGraph(nn.Module):
@@ -77,39 +101,21 @@ class NormalizeInGraph(nn.Module):
         return self.model(x)
 
 
-def artifact_stem(ref: str, precision: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", ref)
-    return stem if precision == "fp32" else f"{stem}_{precision}"
+def artifact_stem(ref: str, precision: Precision | str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", ref) + Precision.parse(precision).file_tag
 
 
 def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     """Export, validate and write the artifact and its manifest; returns the manifest."""
     t_start = time.perf_counter()
-    options = req.options
-    exporter = get_exporter(req.target)
-    if options.precision not in exporter.precisions:
-        raise EdgeHybridError(
-            f"{req.target} export does not support precision {options.precision!r}; "
-            f"supported: {', '.join(exporter.precisions)}"
-        )
-    if options.batch < 1:
-        raise InputError(f"--batch must be at least 1, got {options.batch}")
-    if req.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {req.threads}")
+    target = req.check()
+    exporter = get_exporter(target)
     exporter.check_available()  # before any work: a missing backend is a one-line answer, not a late crash
-    int8 = req.int8 or Int8Request()
-    if options.precision == "int8":
-        int8.check()
-        if options.int8_mode not in INT8_MODES:
-            raise InputError(f"--int8 takes {' or '.join(INT8_MODES)}, not {options.int8_mode!r}")
-        if options.int8_mode not in exporter.int8_modes:
-            raise InputError(f"--int8 {options.int8_mode} is not available for {req.target}; it supports: "
-                             f"{', '.join(exporter.int8_modes)}")
     images = _validation_images(req)  # cheap input checks first: a typo costs no model load
-    stem = artifact_stem(req.model, options.precision)
-    check_replaceable(Path(req.out_dir) / f"{stem}{exporter.suffix}", exporter.artifact_is_folder)
+    stem = artifact_stem(req.model, req.precision)
+    check_replaceable(Path(req.out_dir) / f"{stem}{target.suffix}", target.artifact_is_folder)
     with output_dir(req.out_dir) as out_dir:  # a failed export leaves no new empty folder
-        return _export_into(req, exporter, int8, images, out_dir, stem, log, t_start)
+        return _export_into(req, exporter, req.int8 or Int8Request(), images, out_dir, stem, log, t_start)
 
 
 def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[Path], out_dir: Path, stem: str,
@@ -127,7 +133,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     feeds_nchw = pixels if options.normalize_in_graph else normalize(pixels, spec.preprocessing)
     example = torch.from_numpy(batched(feeds_nchw, options.batch)[0])
     fp32_graph, quant = None, None
-    if options.precision == "int8" and options.int8_mode == "full":
+    if options.precision.calibrated:
         t = time.perf_counter()
         norm_example = torch.from_numpy(batched(normalize(pixels, spec.preprocessing), options.batch)[0])
         ckpt = parse_ref(req.model)[1]
@@ -146,9 +152,12 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         timings.update({f"export.{k}": v for k, v in artifact.timings_s.items()})
         log(f"exported {req.target} ({options.precision}) in {timings['export']:.2f}s: "
             + ", ".join(f"{k} {v:.2f}s" for k, v in artifact.timings_s.items()))
+        for warning in artifact.details.get("warnings", []):  # e.g. ops outside the accelerated backend
+            log(f"warning: {warning}")
 
         t = time.perf_counter()
-        validation = validate(exporter, artifact, graph, feeds_nchw, options.batch, req.threads, images, fp32_graph)
+        validation = validate(req.target, artifact, graph, feeds_nchw, options.batch, req.threads, images,
+                              fp32_graph)
         timings["validate"] = time.perf_counter() - t
         log(_describe_validation(validation, timings["validate"]))
 
@@ -161,11 +170,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
             table = final_path.with_name(final_path.name + ".sensitivity.md")
             write_text_atomic(stage / table.name, sensitivity_markdown(req.model, quant.sensitivity,
                                                                        quant.report["layers"]))
-        if not validation["passed"]:
-            raise CheckFailedError(
-                f"{req.target} artifact of {req.model} failed validation against PyTorch on output "
-                f"'{artifact.outputs[0].name}': {'; '.join(validation['failures'])} (nothing was written)"
-            )
+        raise_for(validation, req.target, req.model, artifact.outputs[0].name)
         manifest_path = final_path.with_name(final_path.name + ".manifest.json")
         staged_manifest = stage / manifest_path.name
         write_json_atomic(staged_manifest, manifest)
@@ -191,49 +196,6 @@ def _validation_images(req: ExportRequest) -> list[Path]:
         if not images:
             raise InputError(f"--images {str(req.images)!r} holds no JPEG/PNG/WebP/BMP images")
     return images[: max(req.max_images, req.options.batch)]
-
-
-def validate(exporter, artifact: Artifact, graph: nn.Module, feeds_nchw: np.ndarray, batch: int, threads: int,
-             images: list[Path], fp32_graph: nn.Module | None = None) -> dict:
-    """Run the artifact on its runtime over the validation inputs and compare with the PyTorch graph (for
-    INT8, the quantized graph: the conversion is what is validated); with ``fp32_graph``, also report the
-    drift of the artifact against the FP32 model."""
-    batches = batched(feeds_nchw, batch)
-    with torch.no_grad():
-        reference = np.concatenate([graph(torch.from_numpy(b)).numpy() for b in batches])
-    result: dict = {"runtime": exporter.runtime, "samples": len(reference), "images": [p.name for p in images],
-                    "threads": threads}
-    try:
-        session = get_runtime(exporter.runtime).load(artifact.path, threads=threads)
-        result.update({"executed": True, "method": f"{exporter.runtime} runtime"})
-    except RuntimeUnavailable as exc:
-        result.update({"executed": False, "reason": str(exc)})
-        fallback = getattr(exporter, "reference_session", None)
-        if fallback is None:
-            result.update({"passed": True, "method": "structure only", "failures": [], "metrics": None})
-            return result
-        session = fallback(artifact.path)
-        result["method"] = session.label
-    in_info, out_info = artifact.inputs[0], artifact.outputs[0]
-    outputs = []
-    for b in batches:
-        feed = b.transpose(0, 2, 3, 1) if in_info.layout == "NHWC" else b
-        outputs.append(np.asarray(session.run({in_info.name: np.ascontiguousarray(feed)})[out_info.name]))
-    actual = np.concatenate(outputs).reshape(reference.shape)
-    # an int8 output cannot order logits closer than its quantization step: such ties are not disagreements
-    comparison = compare(reference, actual, tie=out_info.scale or 0.0)
-    tolerance = exporter.tolerance(artifact.precision)
-    failures = tolerance.failures(comparison, float(np.abs(reference).max()))
-    result.update({
-        "passed": not failures, "failures": failures, "tolerance": tolerance.to_dict(),
-        "metrics": {out_info.name: comparison.to_dict()},
-    })
-    if fp32_graph is not None:
-        with torch.no_grad():
-            fp32 = np.concatenate([fp32_graph(torch.from_numpy(b)).numpy() for b in batches])
-        result["reference"] = "the quantized PyTorch graph (the same int8 plan, simulated)"
-        result["drift_vs_fp32"] = {out_info.name: compare(fp32, actual).to_dict()}
-    return result
 
 
 def _describe_validation(v: dict, seconds: float) -> str:

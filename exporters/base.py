@@ -1,9 +1,13 @@
-"""The exporter contract and its registry.
+"""The exporter contract.
 
-An exporter turns an eval-mode ``nn.Module`` (already wrapped with in-graph normalization when asked)
-into one artifact file or folder for its target. It does not validate: the pipeline runs every artifact
-on its runtime (``edgehybrid.runtimes``) against the PyTorch reference, with the tolerance the exporter
-declares for each precision. Adding a target is one new file that calls :func:`register` at import.
+An exporter turns an eval-mode ``nn.Module`` (already wrapped with in-graph normalization when asked, and
+already quantized for ``int8``) into one artifact file or folder for its target. It does not validate: the
+pipeline runs every artifact on its runtime (``edgehybrid.validate``) against the PyTorch reference, with
+the tolerance its :class:`~edgehybrid.targets.Target` record declares for each precision.
+
+Adding a target: a :class:`~edgehybrid.targets.Target` registration (``edgehybrid/targets.py``), an
+exporter file whose class subclasses :class:`Exporter` and is decorated with :func:`register`, and a
+runtime file (``edgehybrid/runtimes/``). Nothing else names targets.
 """
 
 from __future__ import annotations
@@ -16,21 +20,16 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Iterator, Protocol
+from typing import ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from calibration.ops import QuantPolicy
 from edgehybrid.drift import Tolerance
-from edgehybrid.errors import MissingBackendError, UnknownNameError
+from edgehybrid.errors import MissingBackendError
+from edgehybrid.targets import INT8_TOLERANCE, Precision, Target, get_target  # noqa: F401  (re-exported)
 from models_zoo.registry import ModelSpec
-
-#: an int8 artifact against the quantized PyTorch graph it was exported from. Both compute the same plan,
-#: but runtimes requantize in integer arithmetic (each fused op's output rounded once, sigmoid by lookup
-#: table), which moves values by about one quantization step per layer; a wrong scale, a dropped layer or a
-#: lost zero point gives cosine < 0.9. Measured on mobilevit_xxs (128 px, random weights): cosine 0.99990
-#: (ONNX Runtime), 0.99991 (LiteRT), 0.999996 (Core ML MIL reference evaluation), top-1 agreement 100%.
-INT8_TOLERANCE = Tolerance(atol=1e-3, rtol=0.5, min_cosine=0.98, min_top1_agreement=0.75)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -40,12 +39,28 @@ OUTPUT_NAME = "logits"
 class ExportOptions:
     """What the user asked for, target-independent; each exporter honours what applies to it."""
 
-    precision: str = "fp32"  # "fp32" | "fp16" | "int8"
-    int8_mode: str = "full"  # with int8: "full" (weights and activations) or "weights" (weight-only)
+    precision: Precision = Precision.FP32
     batch: int = 1
     normalize_in_graph: bool = False
     # None: the target's convention (NHWC for TFLite, NCHW elsewhere); True/False forces it
     channels_last: bool | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
+
+
+class Fp16Compute(nn.Module):
+    """A float16 copy of the model behind float32 I/O (a cast at each end), so callers feed and read float32
+    as usual: the fp16 form of the targets that compute in float16 (ONNX, ExecuTorch)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        import copy
+
+        self.model = copy.deepcopy(model).half().eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,7 @@ class Artifact:
 
     path: Path
     target: str
-    precision: str
+    precision: Precision
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     versions: dict[str, str]
@@ -78,59 +93,88 @@ class Artifact:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-class Exporter(Protocol):
-    name: ClassVar[str]  # the --target value
-    suffix: ClassVar[str]  # ".onnx", ".mlpackage", ".tflite"
-    artifact_is_folder: ClassVar[bool]  # True when the artifact is a folder (.mlpackage)
-    extra: ClassVar[str]  # the pip extra that brings its converter
-    runtime: ClassVar[str]  # the runtime that validates it (edgehybrid.runtimes)
-    precisions: ClassVar[tuple[str, ...]]
-    int8_modes: ClassVar[tuple[str, ...]]  # "full" and/or "weights"
-    # op kinds (calibration.quantize) this target runs in float even in an int8 layer, because its int8
-    # kernel measured slower than float plus the quantize/dequantize around it
-    float_kinds: ClassVar[tuple[str, ...]]
-    # kinds whose int8 kernel can write a float output, so an int8 op feeding only float ops needs no
-    # quantized output there (ONNX Runtime's MatMulIntegerToFloat); elsewhere the output stays int8
-    float_output_kinds: ClassVar[tuple[str, ...]]
-    fold_quantize: ClassVar[bool]  # int8 weights stored folded (True) or as float + quantize (converter needs)
+class Exporter:
+    """The base of every exporter. A subclass sets ``target`` (its registration) and ``quant_policy`` (how it
+    runs the INT8 plan), and implements :meth:`check_available` and :meth:`export`. :func:`register` refuses
+    a class that leaves one out, at import: a missing policy is an error, not a silent default.
+
+    Optional: ``reference_session(path) -> Session`` with a ``label``, for a target whose runtime cannot
+    execute on this platform (Core ML off macOS). Validation then records ``executed: false``, the reason,
+    and figures from that session under its label; it never passes them off as the runtime's.
+    """
+
+    target: ClassVar[Target]
+    quant_policy: ClassVar[QuantPolicy]
+
+    # derived from the registration, so no exporter repeats them
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def suffix(self) -> str:
+        return self.target.suffix
+
+    @property
+    def extra(self) -> str:
+        return self.target.extra
+
+    @property
+    def runtime(self) -> str:
+        return self.target.runtime
+
+    @property
+    def precisions(self) -> tuple[Precision, ...]:
+        return self.target.precisions
+
+    @property
+    def artifact_is_folder(self) -> bool:
+        return self.target.artifact_is_folder
+
+    def tolerance(self, precision: Precision | str) -> Tolerance:
+        """How close the artifact must come to the PyTorch reference at ``precision``."""
+        return self.target.tolerance(precision)
 
     def check_available(self) -> None:
         """Raise MissingBackendError naming the extra when the converter is not installed."""
-
-    def tolerance(self, precision: str) -> Tolerance:
-        """How close the artifact must come to the PyTorch reference at ``precision``."""
+        raise NotImplementedError
 
     def export(
         self, model: nn.Module, example: torch.Tensor, spec: ModelSpec, options: ExportOptions, out: Path
     ) -> Artifact:
-        """Write the artifact at ``out`` (a path ending in :attr:`suffix`) and describe it."""
-
-    # Optional: ``reference_session(path) -> Session`` with a ``label``, for a target whose runtime cannot
-    # execute on this platform (Core ML off macOS). The pipeline then records ``executed: false``, the
-    # reason, and figures from that session under its label; it never passes them off as the runtime's.
+        """Write the artifact at ``out`` (a path ending in the target's suffix) and describe it."""
+        raise NotImplementedError
 
 
-_EXPORTERS: dict[str, type] = {}
-_MODULES = {"onnx": "exporters.onnx", "coreml": "exporters.coreml", "tflite": "exporters.tflite"}
+_EXPORTERS: dict[str, type[Exporter]] = {}
 
 
-def register(cls: type) -> type:
-    """Class decorator: make an exporter available under ``cls.name``."""
-    _EXPORTERS[cls.name] = cls
+def register(cls: type[Exporter]) -> type[Exporter]:
+    """Class decorator: make an exporter available for its target, after checking its contract."""
+    target = getattr(cls, "target", None)
+    if not isinstance(target, Target):
+        raise TypeError(f"{cls.__name__}.target must be a registered Target (edgehybrid.targets.get_target(...))")
+    if not isinstance(getattr(cls, "quant_policy", None), QuantPolicy):
+        raise TypeError(f"{cls.__name__}.quant_policy must be a calibration.ops.QuantPolicy")
+    for method in ("check_available", "export"):
+        if getattr(cls, method) is getattr(Exporter, method):
+            raise TypeError(f"{cls.__name__} must implement {method}()")
+    _EXPORTERS[target.name] = cls
     return cls
 
 
 def targets() -> list[str]:
-    return list(_MODULES)
+    from edgehybrid.targets import target_names
+
+    return target_names()
 
 
-def get_exporter(target: str) -> Exporter:
+def get_exporter(target: str | Target) -> Exporter:
     """The exporter for ``target`` (its module imported lazily, so a missing converter costs nothing)."""
-    if target not in _MODULES:
-        raise UnknownNameError.for_choice("target", target, _MODULES)
-    if target not in _EXPORTERS:
-        importlib.import_module(_MODULES[target])
-    return _EXPORTERS[target]()
+    record = get_target(target)
+    if record.name not in _EXPORTERS:
+        importlib.import_module(record.exporter_module)
+    return _EXPORTERS[record.name]()
 
 
 def require(module: str, extra: str, purpose: str):

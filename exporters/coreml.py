@@ -28,14 +28,17 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
-from edgehybrid.drift import Tolerance
+from calibration.ops import QuantPolicy
 from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     Artifact,
-    INT8_TOLERANCE,
+    Exporter,
     ExportOptions,
+    Precision,
+    Target,
+    get_target,
     quiet_converter,
     register,
     require,
@@ -46,11 +49,11 @@ from models_zoo.registry import ModelSpec
 #: the lowest target that runs ML Programs (fp32 and fp16 alike); recorded in details
 DEPLOYMENT_TARGET = "iOS15"
 #: activation quantize/dequantize ops need iOS 17; int8 weights (constexpr_affine_dequantize) need iOS 16
-INT8_DEPLOYMENT_TARGETS = {"full": "iOS17", "weights": "iOS16"}
+INT8_DEPLOYMENT_TARGETS = {Precision.INT8: "iOS17", Precision.INT8_WEIGHTS: "iOS16"}
 
 
 def _deployment_target(options) -> str:
-    return INT8_DEPLOYMENT_TARGETS[options.int8_mode] if options.precision == "int8" else DEPLOYMENT_TARGET
+    return INT8_DEPLOYMENT_TARGETS.get(options.precision, DEPLOYMENT_TARGET)
 
 
 def _int8_weights(ct, mlmodel):
@@ -64,50 +67,16 @@ _LAYER = re.compile(r'Layer "(\w+)", with type "(\w+)"')
 
 
 @register
-class CoreMLExporter:
+class CoreMLExporter(Exporter):
     """Exports an ML Program ``.mlpackage`` for Core ML (iOS15 / macOS12 and later)."""
 
-    name: ClassVar[str] = "coreml"
-    suffix: ClassVar[str] = ".mlpackage"
-    artifact_is_folder: ClassVar[bool] = True
-    extra: ClassVar[str] = "coreml"
-    runtime: ClassVar[str] = "coreml"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    target: ClassVar[Target] = get_target("coreml")
+    #: every kind of the plan in int8 (W8A8 quantize / dequantize ops, iOS 17); weights stored folded
+    quant_policy: ClassVar[QuantPolicy] = QuantPolicy()
 
     def check_available(self) -> None:
         """coremltools converts (on any OS); running needs macOS, which the runtime reports on its own."""
         _import_coremltools()
-
-    def tolerance(self, precision: str) -> Tolerance:
-        """Tolerances for the Core ML runtime, set from the MIL reference evaluation of the seven zoo models at
-        their default sizes (random weights), with headroom for what that evaluation cannot see. They are
-        not yet measured against Core ML itself (that needs a Mac).
-
-        fp32: the reference evaluation agreed with PyTorch to <= 8.3e-7 of max|logit| (deit; cosine
-        1 - 3e-13). Core ML's fp32 kernels (CPU / GPU; the Neural Engine never runs fp32) reorder sums and
-        use fast transcendentals, so atol 1e-4 + rtol 1e-4 of max|logit| leaves >100x margin over what
-        was seen, while a wrong op or a lost bias misses it by orders of magnitude; cosine >= 0.99999;
-        top-1 must agree.
-        fp16: the reference evaluation (every tensor stored in fp16) gave up to 2.4e-3 of max|logit|
-        (mobilevitv2_050; deit 1.9e-3) and cosine >= 0.999997. The Neural Engine may also accumulate in
-        fp16, which the evaluation does not model, so rtol 3e-2 (12x the worst seen) and cosine >= 0.999
-        (a broken layer sits at 0.9 or below). Top-1 must agree: on trained models fp16 moves logits far
-        less than the top-1 margin, and a flip is exactly what a deployer must hear about.
-        """
-        if precision == "fp32":
-            return Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999, min_top1_agreement=1.0)
-        if precision == "fp16":
-            return Tolerance(atol=1e-3, rtol=3e-2, min_cosine=0.999, min_top1_agreement=1.0)
-        if precision == "int8":
-            return INT8_TOLERANCE
-        raise EdgeHybridError(
-            f"Core ML export has no precision {precision!r}; choose one of: {', '.join(self.precisions)}"
-        )
-
-    int8_modes: ClassVar[tuple[str, ...]] = ("full", "weights")
-    float_kinds: ClassVar[tuple[str, ...]] = ()
-    float_output_kinds: ClassVar[tuple[str, ...]] = ()
-    fold_quantize: ClassVar[bool] = True
 
     def reference_session(self, path: Path):
         """Where Core ML cannot run: a Session-shaped MIL reference evaluation of the saved package, whose
@@ -154,7 +123,7 @@ class CoreMLExporter:
             except Exception as exc:  # noqa: BLE001 - translated into one actionable line
                 raise _conversion_error(exc, ep, what) from exc
             timings["convert"] = time.perf_counter() - t
-            if options.precision == "int8" and options.int8_mode == "weights":
+            if options.precision is Precision.INT8_WEIGHTS:
                 t = time.perf_counter()
                 mlmodel = _int8_weights(ct, mlmodel)
                 timings["quantize"] = time.perf_counter() - t
@@ -310,7 +279,7 @@ def _annotate(mlmodel, spec: ModelSpec, options: ExportOptions, example: torch.T
     mlmodel.output_description[OUTPUT_NAME] = f"float32 class logits, shape ({example.shape[0]}, {spec.num_classes})"
     meta = mlmodel.user_defined_metadata
     meta["edgehybrid.model"] = spec.name
-    meta["edgehybrid.precision"] = options.precision
+    meta["edgehybrid.precision"] = options.precision.value
     meta["edgehybrid.input_layout"] = "NCHW"
     meta["edgehybrid.normalize_in_graph"] = str(bool(options.normalize_in_graph)).lower()
     meta["edgehybrid.preprocessing"] = json.dumps(pre.to_dict())

@@ -10,7 +10,6 @@ InsertCastTransformer upcasts nodes that lack a float16 CPU kernel) and natively
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import re
@@ -22,15 +21,18 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from edgehybrid.drift import Tolerance
+from calibration.ops import OpKind, QuantPolicy
 from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     Artifact,
-    INT8_TOLERANCE,
+    Exporter,
     ExportOptions,
+    Fp16Compute,
+    Target,
     TensorInfo,
+    get_target,
     quiet_converter,
     register,
     require,
@@ -51,17 +53,6 @@ _CALL_SITE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8"}
 
 
-class _Fp16Compute(nn.Module):
-    """A float16 copy of the model behind float32 I/O, so callers feed and read float32 as usual."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = copy.deepcopy(model).half().eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.half()).float()
-
-
 class _ChannelsLastInput(nn.Module):
     """Takes NHWC images (only when ``channels_last=True`` is forced; NCHW is ONNX's convention)."""
 
@@ -74,47 +65,20 @@ class _ChannelsLastInput(nn.Module):
 
 
 @register
-class OnnxExporter:
+class OnnxExporter(Exporter):
     """Exports to a single ONNX file validated with ONNX Runtime on CPU."""
 
-    name: ClassVar[str] = "onnx"
-    suffix: ClassVar[str] = ".onnx"
-    artifact_is_folder: ClassVar[bool] = False
-    extra: ClassVar[str] = "onnx"
-    runtime: ClassVar[str] = "onnxruntime"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
-    int8_modes: ClassVar[tuple[str, ...]] = ("full",)
+    target: ClassVar[Target] = get_target("onnx")
     #: ONNX Runtime's QLinearSoftmax took 3.7 ms per inference on mobilevit_s against 0.5 ms for float Softmax
     #: (2 threads, ORT profiler): softmax stays float, fed by MatMulIntegerToFloat, and is quantized after
-    float_kinds: ClassVar[tuple[str, ...]] = ("softmax",)
-    float_output_kinds: ClassVar[tuple[str, ...]] = ("linear", "matmul")  # MatMulIntegerToFloat
-    fold_quantize: ClassVar[bool] = True
+    quant_policy: ClassVar[QuantPolicy] = QuantPolicy(
+        float_kinds={OpKind.SOFTMAX}, float_output_kinds={OpKind.LINEAR, OpKind.MATMUL},
+        activation_storage="uint8 with zero point +128, for ONNX Runtime's u8s8 kernels")
 
     def check_available(self) -> None:
         """onnx and onnxscript are needed to convert (the simplifiers are optional: we fall back)."""
         require("onnx", self.extra, "ONNX export")
         require("onnxscript", self.extra, "ONNX export (torch.onnx's dynamo exporter)")
-
-    def tolerance(self, precision: str) -> Tolerance:
-        """Tolerances measured on the seven zoo models at their default sizes, batch 1 and batch 8.
-
-        fp32: the worst relative max-abs was 1.1e-5 of max|logit| (mobilevitv2: its GroupNorm becomes
-        InstanceNormalization, which ORT sums in another order; the same at every ORT optimization
-        level), so rtol 1e-4 leaves ~10x headroom while a real mismatch (a wrong op, a dropped bias) is
-        1e-2 or more; atol 1e-4 is the floor for logits near zero. Cosine was >= 0.9999999 (need 0.99999)
-        and top-1 always agreed: float32 rounding cannot flip a prediction, so it must agree everywhere.
-        fp16: float16 compute (10-bit mantissa) gave relative max-abs up to 2.0e-3 and cosine >= 0.999998;
-        rtol 1e-2 leaves 5x for deeper or trained models, and cosine >= 0.999 still fails a broken layer
-        (~0.9 or less). Top-1 may flip on a near-tie: with random weights the closest top-2 gap was 1.2e-3
-        of max|logit|, within fp16's error; 0.85 tolerates one tie in eight images, not a systematic shift.
-        """
-        if precision == "fp32":
-            return Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999, min_top1_agreement=1.0)
-        if precision == "fp16":
-            return Tolerance(atol=1e-3, rtol=1e-2, min_cosine=0.999, min_top1_agreement=0.85)
-        if precision == "int8":
-            return INT8_TOLERANCE
-        raise EdgeHybridError(f"ONNX export has no precision {precision!r}; choose one of: {', '.join(self.precisions)}")
 
     def export(
         self, model: nn.Module, example: torch.Tensor, spec: ModelSpec, options: ExportOptions, out: Path
@@ -128,7 +92,7 @@ class OnnxExporter:
         nhwc = bool(options.channels_last)
         module: nn.Module = model.eval()
         if options.precision == "fp16":
-            module = _Fp16Compute(module)
+            module = Fp16Compute(module)
         if nhwc:
             module = _ChannelsLastInput(module)
         feed = example.permute(0, 2, 3, 1).contiguous() if nhwc else example
@@ -409,7 +373,7 @@ def _metadata(spec: ModelSpec, options: ExportOptions, layout: str) -> dict[str,
 
     return {
         "edgehybrid.model": spec.name,
-        "edgehybrid.precision": options.precision,
+        "edgehybrid.precision": options.precision.value,
         "edgehybrid.input_layout": layout,
         "edgehybrid.normalize_in_graph": str(bool(options.normalize_in_graph)).lower(),
         "edgehybrid.preprocessing": json.dumps(spec.preprocessing.to_dict()),

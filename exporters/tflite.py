@@ -29,16 +29,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from calibration.quantize import UNWEIGHTED
-from edgehybrid.drift import Tolerance
+from calibration.ops import UNWEIGHTED, QuantPolicy
 from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, first_line
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     Artifact,
-    INT8_TOLERANCE,
+    Exporter,
     ExportOptions,
+    Target,
     TensorInfo,
+    get_target,
     quiet_converter,
     register,
     require,
@@ -47,19 +48,6 @@ from exporters.base import (
 from models_zoo.registry import ModelSpec
 
 SIGNATURE = "serving_default"  # litert-torch's default signature key, what TFLite tooling looks up first
-
-# Measured on the 7 reference models (random weights; 8 bundled photos + 8 noise images each), plus
-# mobilenetv2/v3 with BatchNorm statistics recalibrated (random BN stats collapse their features to ~0).
-# fp32: worst max-abs 7.7e-6 of max|logit| (mobilenetv2, recalibrated), worst cosine 1 - 2e-11. TFLite's
-# kernels sum in other orders than PyTorch's, and trained models have logits near 20, so rtol is 5e-5
-# (6x over the worst seen), atol 1e-4 for logits near zero; a lowering or layout bug errs by >1e-2.
-_FP32 = Tolerance(atol=1e-4, rtol=5e-5, min_cosine=0.99999, min_top1_agreement=1.0)
-# fp16 weights: worst max-abs 9.6e-3 of max|logit| and cosine 0.99996 (mobilenetv2, recalibrated: 50
-# layers of rounded weights); 1.2e-3 at worst on the attention models. rtol 3e-2 gives 3x headroom, a
-# cosine of 0.9995 still allows 10x the worst (1 - cos) seen while catching a wrong layer. Top-1 agreed
-# everywhere measured; 0.85 lets one near-tie flip out of the 8 bundled samples pass, not two.
-_FP16 = Tolerance(atol=1e-3, rtol=3e-2, min_cosine=0.9995, min_top1_agreement=0.85)
-
 
 class _Signature(nn.Module):
     """The exported graph: named input ``input`` (NHWC or NCHW), dict output ``{"logits": ...}``.
@@ -78,16 +66,10 @@ class _Signature(nn.Module):
 
 
 @register
-class TFLiteExporter:
+class TFLiteExporter(Exporter):
     """PyTorch -> TFLite via litert-torch; validated on LiteRT's interpreter (``edgehybrid.runtimes.litert``)."""
 
-    name: ClassVar[str] = "tflite"
-    suffix: ClassVar[str] = ".tflite"
-    artifact_is_folder: ClassVar[bool] = False
-    extra: ClassVar[str] = "tflite"
-    runtime: ClassVar[str] = "litert"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
-    int8_modes: ClassVar[tuple[str, ...]] = ("full",)
+    target: ClassVar[Target] = get_target("tflite")
     #: LiteRT runs only the weighted ops (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) from the plan in int8;
     #: every other kind stays float, fed by a DEQUANTIZE of the conv's int8 output. XNNPACK's int8 kernels for
     #: the rest, and the QUANTIZE / DEQUANTIZE they add at each float boundary, measured slower than float
@@ -95,9 +77,9 @@ class TFLiteExporter:
     #: add / layer_norm / gelu / pooling in int8 and 2.00x for litert-torch's default recipe; mobilevit_s
     #: 1.71x against 1.69x and 1.68x; with every kind in int8 mobilevit_s ran at 0.57x. The converter still
     #: fuses a DEQUANTIZE -> op -> QUANTIZE sandwich into the op's int8 kernel where it has one (GELU, PAD).
-    float_kinds: ClassVar[tuple[str, ...]] = UNWEIGHTED
-    float_output_kinds: ClassVar[tuple[str, ...]] = ()  # every int8 LiteRT kernel writes int8
-    fold_quantize: ClassVar[bool] = False  # litert-torch lowers float weights + quantize, not folded int8
+    #: Every int8 LiteRT kernel writes int8 (no float-output kinds); litert-torch lowers float weights +
+    #: quantize, not folded int8 weights.
+    quant_policy: ClassVar[QuantPolicy] = QuantPolicy(float_kinds=UNWEIGHTED, fold_quantize=False)
 
     def check_available(self) -> None:
         """Fail with the extra to install when litert-torch or the LiteRT interpreter is missing."""
@@ -105,12 +87,6 @@ class TFLiteExporter:
         for module in ("litert_torch", "ai_edge_litert"):
             if importlib.util.find_spec(module) is None:
                 raise MissingBackendError(module, self.extra, "TFLite export")
-
-    def tolerance(self, precision: str) -> Tolerance:
-        """The measured bound for ``precision`` (see the constants above for the figures behind it)."""
-        if precision not in self.precisions:
-            raise EdgeHybridError(f"TFLite export supports precisions {', '.join(self.precisions)}, not {precision!r}")
-        return {"fp32": _FP32, "fp16": _FP16, "int8": INT8_TOLERANCE}[precision]
 
     def export(
         self, model: nn.Module, example: torch.Tensor, spec: ModelSpec, options: ExportOptions, out: Path

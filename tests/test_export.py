@@ -73,12 +73,12 @@ def test_batch_and_input_size(tmp_path):
 
 
 def test_failed_validation_writes_nothing(tmp_path, monkeypatch):
-    import exporters.onnx as onnx_exporter
     from edgehybrid.drift import Tolerance
+    from edgehybrid.targets import Target
 
     # a tolerance no real artifact can meet: the pipeline must refuse and clean up after itself
     impossible = Tolerance(atol=0.0, rtol=0.0, min_cosine=1.5, min_top1_agreement=1.0)
-    monkeypatch.setattr(onnx_exporter.OnnxExporter, "tolerance", lambda self, precision: impossible)
+    monkeypatch.setattr(Target, "tolerance", lambda self, precision: impossible)
     (tmp_path / "keep.txt").write_text("unrelated")
     with pytest.raises(CheckFailedError, match=r"failed validation .* on output 'logits': .*cosine"):
         run_export(ExportRequest(model="mobilenetv2_100", target="onnx", out_dir=tmp_path, weights="random"))

@@ -267,7 +267,7 @@ def test_export_keeps_stdout_clean(tmp_path, capfd):
 
 def test_unknown_precision_and_channels_last_are_refused():
     exp = get_exporter("coreml")
-    with pytest.raises(EdgeHybridError, match="no precision 'int4'"):
+    with pytest.raises(EdgeHybridError, match="unknown precision 'int4'"):
         exp.tolerance("int4")
     with pytest.raises(EdgeHybridError, match="NCHW"):
         exp.export(_Tiny(), torch.randn(1, 3, 32, 32), SPEC, ExportOptions(channels_last=True), Path("x.mlpackage"))

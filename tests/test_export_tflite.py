@@ -180,8 +180,11 @@ def test_runtime_rejects_wrong_feeds(exporter, tmp_path):
 
 
 def test_unknown_precision_is_refused_early(exporter, tmp_path):
-    with pytest.raises(EdgeHybridError, match="fp32, fp16"):
-        exporter.export(Tiny().eval(), torch.randn(1, 3, 16, 16), None, ExportOptions(precision="int4"), tmp_path / "x")
+    with pytest.raises(EdgeHybridError, match="unknown precision 'int4'; did you mean 'int8'"):
+        ExportOptions(precision="int4")
+    with pytest.raises(EdgeHybridError, match="does not support precision 'int8-weights'; it supports: fp32, fp16"):
+        exporter.export(Tiny().eval(), torch.randn(1, 3, 16, 16), None, ExportOptions(precision="int8-weights"),
+                        tmp_path / "x")
 
 
 def test_importing_the_exporter_does_not_import_litert_torch():

@@ -300,5 +300,5 @@ def test_int8_bad_options_fail_cleanly(cli, tmp_path):
     result = cli("export", "mobilevit_xxs", "--target", "onnx", "--calib-method", "histogram", "--seed", "3")
     assert result[0] == 2 and "--seed, --calib-method apply to --int8 only" in result[2], result[2]
     result, out = _export(cli, tmp_path, "coreml", "weights", "--calib", "synthetic", "--max-drift", "0.05")
-    assert result[0] == 2 and "--int8 weights quantizes weights only" in result[2] and "--calib, --max-drift" in result[2]
+    assert result[0] == 2 and "int8-weights quantizes weights only" in result[2] and "--calib, --max-drift" in result[2]
     assert not out.exists()

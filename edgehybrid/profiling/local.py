@@ -5,29 +5,24 @@ one model, not to torch, the exporters or an earlier model loaded by the caller.
 refused without running anything (an unknown runtime, a missing file, zero runs, Core ML off macOS) is
 refused here, in one line, before a process is spawned; what only the probe can find out (a corrupt
 artifact, a runtime missing from the interpreter) comes back as its one-line stderr message, turned into
-the matching :class:`~edgehybrid.errors.EdgeHybridError`. :func:`probe_error` does that mapping and is
-shared with the SSH path, which runs the same probe on a device.
+the matching :class:`~edgehybrid.errors.EdgeHybridError` by :func:`probe_error`. The probe's arguments, its
+error lines and its document are :mod:`edgehybrid.profiling.protocol`'s, shared with the SSH path.
 """
 
 from __future__ import annotations
 
-import json
 import platform
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, UnknownNameError
-from edgehybrid.runtimes import RuntimeUnavailable, runtime_for
+from edgehybrid.profiling.protocol import PROBE, auto_runtime, parse_document, probe_args, probe_line, runtime_package
+from edgehybrid.runtimes import RuntimeUnavailable
+from edgehybrid.targets import runtime_names, target_of_runtime
 
-PROBE = Path(__file__).with_name("probe.py")
-RUNTIMES = ("onnxruntime", "litert", "coreml")
-# runtime -> (module the probe imports, edgehybrid extra that installs it)
-_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "litert": ("ai_edge_litert", "tflite"),
-             "coreml": ("coremltools", "coreml")}
-_PROBE_LINE = re.compile(r"^probe error \(([a-z-]+)\): (.*)$")
+__all__ = ["PROBE", "ProbeCrashed", "probe_command", "probe_error", "profile_local", "resolve_runtime"]
 
 
 class ProbeCrashed(EdgeHybridError):
@@ -48,43 +43,30 @@ def resolve_runtime(artifact: Path, runtime: str, local: bool = True) -> str:
     Pass ``local=False`` for a device: a Mac reached over SSH runs Core ML whatever this host is.
     """
     artifact = Path(artifact)
-    if runtime != "auto" and runtime not in RUNTIMES:
-        raise UnknownNameError.for_choice("runtime", runtime, ("auto",) + RUNTIMES)
+    runtimes = runtime_names()
+    if runtime != "auto" and runtime not in runtimes:
+        raise UnknownNameError.for_choice("runtime", runtime, ["auto"] + runtimes)
     if not artifact.exists():
         raise InputError(f"artifact {str(artifact)!r} does not exist")
-    name = runtime_for(artifact) if runtime == "auto" else runtime
+    name = auto_runtime(artifact) if runtime == "auto" else runtime
     try:
-        expected = runtime_for(artifact)
+        expected = auto_runtime(artifact)
     except EdgeHybridError:
         expected = name  # an unusual suffix: trust the explicit runtime, the probe will say if it cannot load it
     if expected != name:
         raise InputError(f"{artifact.name} is a {expected} artifact; profile it with --runtime {expected} "
                          f"(or auto), not {name}")
-    if local and name == "coreml" and sys.platform != "darwin":
+    target = target_of_runtime(name)
+    if local and not target.executes_here():
         system = platform.system() or sys.platform
         raise RuntimeUnavailable(
-            f"Core ML models cannot be executed on {system} (Core ML exists only on Apple platforms); "
-            "run `edgehybrid profile` on macOS"
+            f"{target.title} models cannot be executed on {system} ({target.title} runs only on "
+            f"{target.runs_on}); run `edgehybrid profile` on {target.runs_on}, or pass --device"
         )
     return name
 
 
-def probe_command(artifact: Path, runtime: str, threads: int, warmup: int, runs: int | None,
-                  min_time: float | None, per_op: bool) -> list[str]:
-    """The probe's arguments (after the interpreter and script), checked: shared with the SSH path."""
-    if threads < 1:
-        raise InputError(f"--threads must be at least 1, got {threads}")
-    if warmup < 0:
-        raise InputError(f"--warmup cannot be negative, got {warmup}")
-    if (runs is None) == (min_time is None):
-        raise InputError("give either a number of runs or a minimum time, not both or neither")
-    if runs is not None and runs < 1:
-        raise InputError(f"--runs must be at least 1, got {runs}")
-    if min_time is not None and not min_time > 0:
-        raise InputError(f"--min-time must be a positive number of seconds, got {min_time}")
-    args = [str(artifact), "--runtime", runtime, "--threads", str(threads), "--warmup", str(warmup)]
-    args += ["--runs", str(runs)] if runs is not None else ["--min-time", repr(float(min_time))]
-    return args + (["--per-op"] if per_op else [])
+probe_command = probe_args  # the name the local path has always used
 
 
 def probe_error(stderr: str, returncode: int, runtime: str, same_python: bool = False) -> EdgeHybridError:
@@ -94,17 +76,17 @@ def probe_error(stderr: str, returncode: int, runtime: str, same_python: bool = 
     installing edgehybrid's extra (:class:`MissingBackendError`); elsewhere the probe's own pip line stands.
     """
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
-    match = next((m for m in map(_PROBE_LINE.match, reversed(lines)) if m), None)
+    match = probe_line(lines)
     if returncode < 0:
         return EdgeHybridError(f"the {runtime} probe was killed by signal {-returncode}"
                                + (" (out of memory?)" if returncode == -9 else ""))
     if match is None:  # no line of ours: the interpreter itself failed (e.g. no numpy, a syntax error)
         last = lines[-1] if lines else f"exit code {returncode}, no message"
         return EdgeHybridError(f"the {runtime} probe could not run: {last}")
-    kind, message = match.groups()
+    kind, message = match
     if kind == "missing-runtime":
         if same_python:
-            module, extra = _PACKAGES[runtime]
+            module, _package, extra = runtime_package(runtime)
             return MissingBackendError(module, extra, f"Profiling with {runtime}")
         return EdgeHybridError(message)
     if kind == "unavailable":
@@ -137,9 +119,6 @@ def profile_local(artifact: Path, runtime: str, threads: int, warmup: int, runs:
         same = Path(shutil.which(python) or python).resolve() == Path(sys.executable).resolve()
         raise probe_error(proc.stderr, proc.returncode, name, same_python=same)
     try:
-        doc = json.loads(proc.stdout)
-    except ValueError:
-        raise ProbeCrashed(f"the {name} probe printed no JSON document (a bug in edgehybrid)", proc.stderr) from None
-    if not isinstance(doc, dict) or doc.get("schema") != "edgehybrid.profile/1":
-        raise ProbeCrashed(f"the {name} probe printed an unexpected document (a bug in edgehybrid)", proc.stdout)
-    return doc
+        return parse_document(proc.stdout, f"the {name} probe")
+    except EdgeHybridError as exc:
+        raise ProbeCrashed(f"{exc} (a bug in edgehybrid)", proc.stderr) from None

@@ -15,7 +15,6 @@ Every failure becomes one line: unreachable host, refused key, missing Python, t
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -27,14 +26,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgehybrid.errors import EdgeHybridError, InputError
+from edgehybrid.profiling.protocol import PROBE, auto_runtime, parse_document, probe_args, probe_line, runtime_package
 
-PROBE = Path(__file__).with_name("probe.py")
 _EXPECTED = "expected ssh://user@host[:port], e.g. ssh://pi@raspberrypi.local:22"
-# the probe's last stderr line on a handled error: "probe error (KIND): MESSAGE"
-_PROBE_LINE = re.compile(r"^probe error \((?P<kind>[\w-]+)\): (?P<message>.+)$")
 _NO_MODULE = re.compile(r"^(?:ModuleNotFoundError|ImportError): No module named '(?P<module>[\w.]+)'")
-_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert", ".mlpackage": "coreml", ".mlmodel": "coreml"}
-_RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert", "coreml": "coremltools"}
 _SSH_NOISE = ("Warning: Permanently added", "** ", "Pseudo-terminal")  # informational lines, never the cause
 
 
@@ -145,18 +140,20 @@ def probe_failure(device: Device, python: str, runtime: str, returncode: int, st
                                    "(with numpy and the runtime) or give the path of the device's Python")
     if returncode == 126:
         return DevicePythonMissing(f"{python!r} on {device.url} is not executable: {last}")
-    probe = _PROBE_LINE.match(last)
+    probe = probe_line([last])
     if probe:  # the probe's own one-line message: what is wrong and how to fix it
-        if probe["kind"] == "internal":  # a bug in the probe, not the user's to fix: say it was a crash
-            return ProbeFailed(f"{device.url}: the probe failed (exit {returncode}): {probe['message']}")
-        cls = RuntimeMissing if probe["kind"] == "missing-runtime" else ProbeFailed
-        return cls(f"{device.url}: {probe['message']}")
+        kind, message = probe
+        if kind == "internal":  # a bug in the probe, not the user's to fix: say it was a crash
+            return ProbeFailed(f"{device.url}: the probe failed (exit {returncode}): {message}")
+        cls = RuntimeMissing if kind == "missing-runtime" else ProbeFailed
+        return cls(f"{device.url}: {message}")
     missing = _NO_MODULE.search(last)
     if missing:
         # the probe imports numpy before anything else, so a bare Python fails here, not with its own
         # message; name everything the device needs in one go
         module = missing["module"].split(".")[0]
-        needs = [module] + [pkg for pkg in [_RUNTIME_PACKAGES.get(runtime)] if pkg not in (None, module)]
+        package = runtime_package(runtime)[1] if runtime else None
+        needs = [module] + [pkg for pkg in [package] if pkg not in (None, module)]
         return RuntimeMissing(f"{device.url}: {module} is not installed for {python!r} on the device: "
                               f"pip install {' '.join(needs)}")
     if returncode > 128:  # sh reports a signal as 128 + N; 9 on Linux is most often the OOM killer
@@ -225,19 +222,6 @@ def _cleanup(device: Device, remote_dir: str, identity, ssh_options) -> None:
         pass
 
 
-def _parse(stdout: str) -> dict | None:
-    try:
-        return json.loads(stdout)
-    except json.JSONDecodeError:
-        # a chatty login script may print before the probe: take the document from its first line on
-        lines = stdout.splitlines()
-        start = next((i for i, line in enumerate(lines) if line.startswith("{")), None)
-        try:
-            return json.loads("\n".join(lines[start:])) if start is not None else None
-        except json.JSONDecodeError:
-            return None
-
-
 def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, warmup: int, runs: int | None,
                    min_time: float | None, per_op: bool, python: str = "python3", identity: Path | None = None,
                    ssh_options: list[str] | None = None, timeout: float = 600) -> dict:
@@ -251,22 +235,15 @@ def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, w
         raise InputError(f"artifact {str(artifact)!r} does not exist")
     if identity is not None and not Path(identity).is_file():
         raise InputError(f"identity file {str(identity)!r} does not exist")
-    if (runs is None) == (min_time is None):
-        raise InputError("--runs and --min-time are alternatives: give exactly one of them")
     if not PROBE.is_file():
         raise EdgeHybridError(f"the profiling probe {str(PROBE)!r} is missing from this installation")
     if runtime == "auto":  # the probe takes a runtime name: settle it here, from the artifact's suffix
-        runtime = _BY_SUFFIX.get(artifact.suffix.lower(), "")
-        if not runtime:
-            raise InputError(f"cannot tell the runtime of {artifact.name!r} from its suffix; pass --runtime "
-                             f"({', '.join(sorted(set(_BY_SUFFIX.values())))})")
+        runtime = auto_runtime(artifact)
+    probe_args("-", runtime, threads, warmup, runs, min_time, per_op)  # refused here, before any copy
     deadline = time.monotonic() + timeout
     remote_dir = _copy(device, artifact, deadline, timeout, identity, ssh_options)
-
-    args = [python, "-", f"{remote_dir}/{artifact.name}", "--runtime", runtime, "--threads", str(threads),
-            "--warmup", str(warmup)]
-    args += ["--min-time", str(min_time)] if min_time is not None else ["--runs", str(runs)]
-    args += ["--per-op"] if per_op else []
+    args = [python, "-"] + probe_args(f"{remote_dir}/{artifact.name}", runtime, threads, warmup, runs, min_time,
+                                      per_op)
     q_dir = shlex.quote(remote_dir)
     # inside the folder, so anything the runtime writes (profiler traces) goes with it; removed whatever happens
     script = (f"cd {q_dir} || exit 1; {' '.join(shlex.quote(a) for a in args)}; rc=$?; cd /; "
@@ -283,9 +260,10 @@ def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, w
         raise ssh_failure(device, res.stderr, identity)
     if res.returncode != 0:
         raise probe_failure(device, python, runtime, res.returncode, res.stderr)
-    doc = _parse(res.stdout)
-    if not isinstance(doc, dict) or doc.get("schema") != "edgehybrid.profile/1":
-        raise ProbeFailed(f"{device.url}: the probe printed no profile (stdout began {res.stdout[:80]!r})")
+    try:
+        doc = parse_document(res.stdout, f"{device.url}: the probe")
+    except EdgeHybridError as exc:
+        raise ProbeFailed(str(exc)) from None
     doc["device"] = device.url
     doc["artifact"] = str(artifact)  # the path the user gave, not the temporary copy's
     return doc

@@ -1,4 +1,4 @@
-"""Runtimes that execute artifacts: ONNX Runtime, LiteRT (TFLite) and Core ML.
+"""Runtimes that execute artifacts: one module per target's runtime (see ``edgehybrid.targets``).
 
 Each module defines a class with ``name``, ``extra`` and ``load(artifact, threads) -> Session``; a
 ``Session`` has ``inputs`` / ``outputs`` (``TensorInfo`` lists) and ``run(feeds) -> {name: ndarray}``.
@@ -10,19 +10,14 @@ the extra to install. A runtime that cannot execute on this platform (Core ML of
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edgehybrid.errors import EdgeHybridError, InputError, UnknownNameError
-
-_MODULES = {
-    "onnxruntime": "edgehybrid.runtimes.onnxruntime",
-    "litert": "edgehybrid.runtimes.litert",
-    "coreml": "edgehybrid.runtimes.coreml",
-}
-_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert", ".mlpackage": "coreml", ".mlmodel": "coreml"}
+from edgehybrid.errors import EdgeHybridError, InputError
+from edgehybrid.targets import Target, get_target, target_for_artifact, target_of_runtime
 
 
 class RuntimeUnavailable(EdgeHybridError):
@@ -66,16 +61,55 @@ def checked_feeds(kind: str, artifact: str, inputs: list, feeds: dict[str, np.nd
 
 
 def get_runtime(name: str) -> Runtime:
-    if name not in _MODULES:
-        raise UnknownNameError.for_choice("runtime", name, _MODULES)
-    return importlib.import_module(_MODULES[name]).RUNTIME
+    return importlib.import_module(target_of_runtime(name).runtime_module).RUNTIME
 
 
 def runtime_for(artifact: Path) -> str:
     """The runtime that runs an artifact, from its suffix."""
-    suffix = Path(artifact).suffix.lower()
-    if suffix not in _BY_SUFFIX:
-        raise EdgeHybridError(
-            f"cannot tell which runtime runs {str(artifact)!r}: expected a .onnx, .tflite or .mlpackage artifact"
-        )
-    return _BY_SUFFIX[suffix]
+    return target_for_artifact(artifact).runtime
+
+
+@dataclass
+class Opened:
+    """A session on the artifact's runtime, or, where that runtime cannot execute here (Core ML off macOS),
+    the exporter's reference evaluation of the same saved program: ``executed`` False, ``method`` its label
+    and ``reason`` why the runtime could not run. Never passed off as the runtime's."""
+
+    session: Session
+    executed: bool
+    method: str
+    reason: str | None = None
+
+
+def open_session(target: str | Target, artifact: Path, threads: int) -> Opened:
+    """The one place that opens an artifact for running, with the fallback its exporter offers."""
+    record = get_target(target)
+    try:
+        return Opened(get_runtime(record.runtime).load(artifact, threads=threads), True, f"{record.runtime} runtime")
+    except RuntimeUnavailable as exc:
+        from exporters.base import get_exporter
+
+        fallback = getattr(get_exporter(record), "reference_session", None)
+        if fallback is None:
+            raise
+        session = fallback(Path(artifact))
+        return Opened(session, False, f"simulated: {session.label}", str(exc))
+
+
+def to_layout(x_nchw: np.ndarray, layout: str | None) -> np.ndarray:
+    """An NCHW image batch in the artifact's input layout, contiguous and float32."""
+    x = x_nchw.transpose(0, 2, 3, 1) if layout == "NHWC" else x_nchw
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def run_batched(session: Session, x_nchw: np.ndarray, batch: int, in_name: str, out_name: str,
+                layout: str | None) -> np.ndarray:
+    """Feed ``x_nchw`` (N, 3, H, W) through a static-batch artifact in its layout, padding the last batch by
+    repetition; returns (N, outputs) float32."""
+    from calibration.preprocess import batched
+
+    out = []
+    for b in batched(x_nchw, batch):
+        result = session.run({in_name: to_layout(b, layout)})
+        out.append(np.asarray(result[out_name], dtype=np.float32).reshape(batch, -1))
+    return np.concatenate(out)[:len(x_nchw)]

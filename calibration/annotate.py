@@ -1,0 +1,213 @@
+"""The PT2E quantizer behind the plan: calibration methods (an enum and a factory) and the annotator.
+
+:class:`HybridQuantizer` (built by :func:`make_quantizer`) annotates every quantizable node of the layers the
+plan keeps in int8: convolutions and linears get per-channel symmetric int8 weights; every kind gets int8
+per-tensor affine activations, with the fixed output range TFLite requires after sigmoid and softmax, one
+scale across concatenation, and shared parameters through reshapes, transposes and splits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+
+import torch
+
+from calibration.ops import TRAITS, OpKind, is_float_tensor, kind_of, layer_of, passes, tensor_inputs
+from edgehybrid.errors import MissingBackendError, UnknownNameError
+
+
+class CalibrationMethod(str, enum.Enum):
+    """How activation ranges are estimated from the calibration samples."""
+
+    MINMAX = "minmax"  # the observed range
+    PERCENTILE = "percentile"  # each batch clipped to its [0.01, 99.99] percentiles, averaged over batches
+    HISTOGRAM = "histogram"  # the range that minimises the L2 quantization error of the histogram
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: str | CalibrationMethod, what: str = "--calib-method") -> CalibrationMethod:
+        if isinstance(name, CalibrationMethod):
+            return name
+        try:
+            return cls(name)
+        except ValueError:
+            raise UnknownNameError.for_choice(what, str(name), [m.value for m in cls]) from None
+
+
+CALIB_METHODS = tuple(m.value for m in CalibrationMethod)
+
+
+def check_method(method: str) -> None:
+    CalibrationMethod.parse(method)
+
+
+def torchao():
+    """Import torchao once, keeping its import-time noise (optional CUDA kernels it cannot load on a CPU
+    build, torch deprecation chatter) off the user's terminal."""
+    if "torchao.quantization.pt2e" in sys.modules:
+        return sys.modules["torchao"]
+    saved = os.dup(2)
+    level = logging.getLogger("torch").level
+    try:
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            with contextlib.redirect_stderr(null), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+                except ImportError as exc:
+                    raise MissingBackendError("torchao", "all", "INT8 quantization") from exc
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        logging.getLogger("torch").setLevel(level)
+    return sys.modules["torchao"]
+
+
+def activation_observer(method: CalibrationMethod | str):
+    """The factory: the observer class that estimates activation ranges for ``method``."""
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    method = CalibrationMethod.parse(method)
+    if method is CalibrationMethod.PERCENTILE:
+        return percentile_observer()
+    return {CalibrationMethod.MINMAX: MinMaxObserver, CalibrationMethod.HISTOGRAM: HistogramObserver}[method]
+
+
+def make_quantizer(int8_layers: Iterable[str], method: CalibrationMethod | str = CalibrationMethod.MINMAX):
+    """A PT2E quantizer (torchao's protocol) that annotates only the layers in ``int8_layers``."""
+    torchao()
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    method = CalibrationMethod.parse(method)
+
+    class HybridQuantizer(_Annotator, Quantizer):
+        pass
+
+    return HybridQuantizer(set(int8_layers), method)
+
+
+class _Annotator:
+    def __init__(self, int8_layers: set[str], method: CalibrationMethod):
+        super().__init__()
+        self.int8_layers = int8_layers
+        self.method = method
+
+    def transform_for_annotation(self, model):
+        return model
+
+    def validate(self, model) -> None:
+        pass
+
+    def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+        act, weight, fixed = _specs(self.method)
+        for node in gm.graph.nodes:
+            if node.op != "call_function":
+                continue
+            kind = kind_of(node)
+            if kind is not None and layer_of(node) in self.int8_layers:
+                inputs = tensor_inputs(node, kind)
+                if not inputs:
+                    continue
+                traits = TRAITS[kind]
+                qmap = {a: _shared_or(a, act, SharedQuantizationSpec) for a in inputs}
+                output = fixed if traits.fixed_output else act
+                if traits.weighted:
+                    qmap[node.args[1]] = weight
+                elif kind is OpKind.CAT:  # one scale for every input and the output (TFLite CONCATENATION)
+                    first = SharedQuantizationSpec((inputs[0], node))
+                    qmap = {a: (act if i == 0 else first) for i, a in enumerate(inputs)}
+                    output = first
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map=qmap, output_qspec=output, _annotated=True)
+            elif passes(node) and is_float_tensor(node):
+                self._share(node, QuantizationAnnotation, SharedQuantizationSpec)
+        return gm
+
+    @staticmethod
+    def _share(node: torch.fx.Node, annotation_cls, shared_cls) -> None:
+        import operator
+
+        src = node.args[0]
+        ann = src.meta.get("quantization_annotation") if isinstance(src, torch.fx.Node) else None
+        if ann is None or ann.output_qspec is None:
+            return
+        if node.target is operator.getitem:  # one tensor of a split: shares what was split
+            node.meta["quantization_annotation"] = annotation_cls(output_qspec=shared_cls(src.args[0]),
+                                                                  _annotated=True)
+            return
+        shared = shared_cls(src) if is_float_tensor(src) else ann.output_qspec
+        node.meta["quantization_annotation"] = annotation_cls(input_qspec_map={src: shared}, output_qspec=shared,
+                                                              _annotated=True)
+
+
+def _shared_or(arg: torch.fx.Node, spec, shared_cls):
+    """The producer's own quantization when ``arg`` is already quantized: one scale per tensor, as TFLite
+    requires across RESHAPE / TRANSPOSE and after the fixed-range LOGISTIC / SOFTMAX."""
+    ann = arg.meta.get("quantization_annotation")
+    if ann is not None and ann.output_qspec is not None:
+        return shared_cls(arg)
+    return spec
+
+
+def _specs(method: CalibrationMethod):
+    """(activation, weight, fixed-range output) quantization specs: int8 everywhere, so one plan fits
+    every target; ONNX Runtime's uint8 activations are derived at export by shifting zero points."""
+    from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
+
+    act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
+                           is_dynamic=False, observer_or_fake_quant_ctr=activation_observer(method).with_args(
+                               eps=2**-12))
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
+                              ch_axis=0, is_dynamic=False,
+                              observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(eps=2**-12))
+    fixed = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=1 / 256, zero_point=-128, quant_min=-128,
+                                         quant_max=127, qscheme=torch.per_tensor_affine)
+    return act, weight, fixed
+
+
+_PERCENTILE_CLASS = None
+
+
+def percentile_observer(percentile: float = 99.99):
+    """A min/max observer that clips each batch to its [100-p, p] percentiles (averaged over batches):
+    one outlier activation no longer stretches the range of every other value."""
+    global _PERCENTILE_CLASS
+    if _PERCENTILE_CLASS is not None:
+        return _PERCENTILE_CLASS
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    class PercentileObserver(MinMaxObserver):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.batches = 0
+
+        def forward(self, x_orig):
+            if x_orig.numel() == 0:
+                return x_orig
+            x = x_orig.detach().float().flatten()
+            if x.numel() > 1 << 22:  # torch.quantile's input limit; an even subsample keeps the estimate
+                x = x[:: -(-x.numel() // (1 << 22))]
+            q = torch.quantile(x, torch.tensor([1 - percentile / 100, percentile / 100]))
+            n = self.batches
+            lo = q[0] if n == 0 else (self.min_val * n + q[0]) / (n + 1)
+            hi = q[1] if n == 0 else (self.max_val * n + q[1]) / (n + 1)
+            self.min_val.resize_(lo.shape).copy_(lo)
+            self.max_val.resize_(hi.shape).copy_(hi)
+            self.batches = n + 1
+            return x_orig
+
+    _PERCENTILE_CLASS = PercentileObserver
+    return PercentileObserver
