@@ -133,7 +133,12 @@ def test_probe_streamed_on_stdin_like_ssh(artifacts):
 
 
 def test_probe_is_self_contained():
-    allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "coremltools"}
+    from edgehybrid.targets import all_targets
+
+    # numpy, each runtime's own package (from the registry), LiteRT's older wheel, and torch, whose tensors the
+    # ExecuTorch Python runtime takes
+    allowed = (set(sys.stdlib_module_names) | {"numpy", "tflite_runtime", "torch"}
+               | {t.probe_module for t in all_targets()})
     tree = ast.parse(PROBE.read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}

@@ -4,7 +4,7 @@ Self-contained on purpose: it imports the standard library, numpy and the runtim
 edgehybrid, because the same file is streamed to a device and run there as ``python3 - ARGS < probe.py``.
 It runs under Python 3.8+ (older device images), so no newer syntax.
 
-    probe.py ARTIFACT --runtime onnxruntime|litert|coreml --threads N --warmup N (--runs N | --min-time S)
+    probe.py ARTIFACT --runtime onnxruntime|litert|coreml|executorch --threads N --warmup N (--runs N | --min-time S)
              [--per-op] [--input-name NAME] [--device LABEL]
 
 Order: import the runtime, note RSS (baseline); load the artifact (``load_ms``); build a seeded random
@@ -16,7 +16,7 @@ input, invokes and returns the output, as an app calls it; Core ML ``predict``);
 profiler's overhead never touches the latency or memory figures. The document follows
 ``edgehybrid.profile/1`` (``per_op`` adds ``module_source``; ``machine`` adds ``arch``).
 
-Per-op (ONNX Runtime only; LiteRT's and Core ML's Python APIs expose no per-op timing, ``per_op.missing``
+Per-op (ONNX Runtime only; LiteRT's, Core ML's and the ExecuTorch wheel's Python APIs expose no per-op timing, ``per_op.missing``
 says what to use instead). ORT's profiler ``Node`` events of the last ``runs`` profiled runs (warmup runs
 dropped by their ``model_run`` span) are summed per node and divided by the run count. Nodes are ORT's
 *executed* kernels (after fusion: ``FusedMatMul``, ``QuickGelu``, NCHWc ``Conv`` ...), joined to the ONNX
@@ -571,7 +571,73 @@ class CoreMLProbe:
                           "or Instruments' Core ML template on the Mac")
 
 
-RUNTIMES = {"onnxruntime": OnnxProbe, "litert": LiteRTProbe, "coreml": CoreMLProbe}
+class ExecuTorchProbe:
+    """ExecuTorch's Python runtime (the ``executorch`` wheel): XNNPACK and the portable kernels, one thread
+    pool per process sized before the program loads."""
+
+    name = "executorch"
+    arena = (None, "ExecuTorch plans its memory ahead of time inside the program; the Python runtime does not "
+                   "report it")
+    _DTYPES = {6: "float32", 5: "float16", 7: "float64", 0: "uint8", 1: "int8", 3: "int32", 4: "int64"}
+
+    def __init__(self):
+        try:
+            import torch  # noqa: F401  the runtime's tensors
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime, Verification
+        except ImportError:
+            raise _missing("ExecuTorch", "executorch") from None
+        try:
+            from importlib.metadata import version
+
+            self.version = version("executorch")
+        except Exception:  # noqa: BLE001
+            self.version = "unknown"
+        self.lib, self.runtime, self.verification = portable_lib, Runtime, Verification
+        self.backend = "ExecuTorch %s (XNNPACK + portable kernels)" % self.version
+
+    def load(self, path: str, threads: int) -> None:
+        import struct
+
+        if not os.path.isfile(path):
+            raise ProbeError("input", "ExecuTorch program %r is not a file" % path)
+        with open(path, "rb") as fh:  # the runtime aborts the process on some corrupt files: check first
+            head = fh.read(40)
+        if len(head) < 16 or head[4:6] != b"ET":
+            raise ProbeError("input", "%r is not an ExecuTorch program (.pte): no ExecuTorch file identifier"
+                             % path)
+        if head[8:12] == b"eh00" and len(head) >= 40:
+            _, size, base, seg = struct.unpack_from("<IQQQ", head, 12)
+            if os.path.getsize(path) < max(size, base + seg if seg else 0):
+                raise ProbeError("input", "%r is truncated (its header declares more bytes than it has)" % path)
+        self.lib._unsafe_reset_threadpool(int(threads))  # only safe before a method is loaded
+        try:
+            program = self.runtime.get().load_program(path, verification=self.verification.InternalConsistency)
+            self.method = program.load_method("forward")
+            meta = program.metadata("forward")
+        except Exception as exc:  # noqa: BLE001
+            raise ProbeError("input", "ExecuTorch cannot load %r (%s)" % (path, _short(exc))) from None
+        self.inputs = []
+        for i in range(meta.num_inputs()):
+            info = meta.input_tensor_meta(i)
+            self.inputs.append(("input" if i == 0 else "input_%d" % i, [int(d) for d in info.sizes()],
+                                self._DTYPES.get(int(info.dtype()), "float32")))
+
+    def prepare(self, feeds: dict) -> None:
+        import torch
+
+        self.tensors = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name, _, _ in self.inputs]
+
+    def run(self) -> None:
+        self.method.execute(self.tensors)
+
+    def per_op(self, path, threads, warmup, runs) -> dict:
+        return _no_per_op("the executorch wheel is built without ExecuTorch's event tracer, so it writes no "
+                          "ETDump; build the runtime with EXECUTORCH_ENABLE_EVENT_TRACER=ON and read the ETDump "
+                          "with executorch.devtools.Inspector for per-operator time")
+
+
+RUNTIMES = {"onnxruntime": OnnxProbe, "litert": LiteRTProbe, "coreml": CoreMLProbe, "executorch": ExecuTorchProbe}
 
 
 # ---------------------------------------------------------------- measurement
