@@ -2,12 +2,15 @@
 
 For each model: our FP32 and INT8 ONNX artifacts and the naive ONNX Runtime ``quantize_static`` (QDQ,
 per-channel, int8/int8 defaults, calibrated on the same images) on ONNX Runtime; our FP32 and INT8 TFLite
-artifacts and litert-torch's default full-int8 PT2E recipe on LiteRT. Latency is the median over several
+artifacts and litert-torch's default full-int8 PT2E recipe on LiteRT; our FP32 and INT8 ExecuTorch programs and
+ExecuTorch's documented recipe (``XNNPACKQuantizer``, default symmetric per-channel config, calibrated on the same
+images) on the ExecuTorch runtime with XNNPACK. Latency is the median over several
 alternating rounds (each round: every artifact, warm-up then timed runs), because ONNX Runtime's latency
 on small VMs settles per process into one of two levels. Drift: each INT8 artifact against FP32 on held-out
 real photos (the bundled validation samples; calibration uses the separate bundled calibration photos).
 
-    python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1] [--threads 2] [--runs 30]
+    python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1] [--targets onnx tflite executorch]
+                                    [--threads 2] [--runs 30]
 """
 
 from __future__ import annotations
@@ -84,6 +87,32 @@ def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -
     return out
 
 
+def executorch_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -> Path:
+    """ExecuTorch's documented XNNPACK recipe: XNNPACKQuantizer, symmetric per-channel, then lower."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model.eval(), (example,)).module(), quantizer)
+    with torch.no_grad():
+        for i in range(len(calib)):
+            prepared(torch.from_numpy(calib[i:i + 1]))
+    converted = convert_pt2e(prepared)
+    edge = to_edge_transform_and_lower(torch.export.export(converted, (example,)), partitioner=[XnnpackPartitioner()])
+    out.write_bytes(edge.to_executorch().buffer)
+    return out
+
+
+RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "executorch": "executorch"}
+RECIPES = {"onnx": ("naive", naive_ort), "tflite": ("litert-default", litert_default),
+           "executorch": ("xnnpack-default", executorch_default)}
+
+
 def latency(sessions: dict, feeds: dict, runs: int, rounds: int) -> dict[str, float]:
     medians = {k: [] for k in sessions}
     for _ in range(rounds):
@@ -102,6 +131,7 @@ def latency(sessions: dict, feeds: dict, runs: int, rounds: int) -> dict[str, fl
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mobilevit_s", "efficientformer_l1"])
+    p.add_argument("--targets", nargs="+", default=["onnx", "tflite", "executorch"], choices=sorted(RUNTIME))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--rounds", type=int, default=5)
@@ -117,7 +147,7 @@ def main() -> None:
             weights = tmp / f"{name}.safetensors"
             save_file(loaded.model.state_dict(), weights)
             arts = {}
-            for target in ("onnx", "tflite"):
+            for target in args.targets:
                 for precision in ("fp32", "int8"):
                     from edgehybrid.int8 import Int8Request
 
@@ -133,12 +163,17 @@ def main() -> None:
             spec = loaded.spec
             calib = load_batch(find_images(CALIB_DIR)[: args.calib_size], spec.preprocessing)
             held_out = load_batch(sample_images(), spec.preprocessing)
-            arts[("onnx", "naive")] = naive_ort(arts[("onnx", "fp32")], calib, tmp / f"{name}_naive.onnx")
-            arts[("tflite", "litert-default")] = litert_default(loaded.model, torch.from_numpy(held_out[:1]), calib,
-                                                                 tmp / f"{name}_litert_default.tflite")
+            for target in args.targets:
+                kind, recipe = RECIPES[target]
+                suffix = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}[target]
+                out = tmp / f"{name}_{kind}{suffix}"
+                source = arts[("onnx", "fp32")] if target == "onnx" else loaded.model
+                example = torch.from_numpy(held_out[:1])
+                arts[(target, kind)] = recipe(source, calib, out) if target == "onnx" else recipe(
+                    source, example, calib, out)
             sessions, outputs = {}, {}
             for (target, kind), path in arts.items():
-                rt = get_runtime("onnxruntime" if target == "onnx" else "litert")
+                rt = get_runtime(RUNTIME[target])
                 session = rt.load(path, threads=args.threads)
                 nhwc = target == "tflite"
                 x = held_out.transpose(0, 2, 3, 1) if nhwc else held_out
@@ -160,7 +195,7 @@ def main() -> None:
           "fixture_accuracy_bench.py for trained-model accuracy)")
     print(f"{'model':20s} {'runtime':12s} {'artifact':16s} {'p50 ms':>8s} {'vs fp32':>8s} {'top-1 agr':>10s} {'cosine':>9s}")
     for name, target, kind, ms, speed, agree, cos in rows:
-        rt = "onnxruntime" if target == "onnx" else "litert"
+        rt = RUNTIME[target]
         print(f"{name:20s} {rt:12s} {kind:16s} {ms:8.2f} {speed:7.2f}x {agree:9.0%} {cos:9.4f}")
 
     for line in failed:
