@@ -30,6 +30,13 @@ def render_summary(m: dict, out: Console) -> None:
                       f"cosine {c['cosine']:.6f}, {top1_text(c)}")
     else:
         table.add_row("validation", f"not executed: {v.get('reason')}")
+    d = (m.get("details") or {}).get("delegation")
+    if d:  # ExecuTorch: what runs in the accelerated backend and what falls back to slow portable kernels
+        portable = ", ".join(f"{op} x{n}" for op, n in d["portable_ops"].items()) or "none"
+        int8 = d.get("int8_weighted_ops", {}).get("delegated")
+        table.add_row("delegation", f"{d['delegated_nodes']} nodes in {d['delegated_subgraphs']} XNNPACK subgraphs"
+                      + (f" ({int8} int8 convolutions / linears)" if int8 else "")
+                      + f"; portable kernels: {portable}")
     table.add_row("time", ", ".join(f"{k} {t:.2f}s" for k, t in m["timings_s"].items() if "." not in k))
     table.add_row("manifest", m["artifact"] + ".manifest.json")
     out.print(table)

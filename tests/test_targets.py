@@ -137,3 +137,7 @@ def test_ci_lists_weight_only_int8_and_refuses_what_no_target_builds(tmp_path):
                                              'precisions = ["int8-weights"]\ncalib_size = 8\n'))
     with pytest.raises(UnknownNameError, match="did you mean 'int8'"):
         ci_mod.load_config(_config(tmp_path, '[[model]]\nname = "mobilevit_xxs.cifar10"\nprecisions = ["int9"]\n'))
+    et = ci_mod.load_config(_config(tmp_path, '[[model]]\nname = "mobilevit_xxs.cifar10"\ntargets = ["executorch"]\n'
+                                              'precisions = ["fp32", "fp16", "int8"]\n'))
+    assert [(j.id, j.supported) for j in ci_mod.jobs(et)] == [
+        (f"mobilevit_xxs.cifar10/executorch/{p}", True) for p in ("fp32", "fp16", "int8")]
