@@ -23,6 +23,7 @@ from calibration.preprocess import IMAGE_SUFFIXES, load_pixels, normalize
 from calibration.sources import data_path
 from edgehybrid.drift import compare
 from edgehybrid.errors import InputError, suggest
+from edgehybrid.requires import local_warning
 from edgehybrid.runtimes import run_batched
 from models_zoo.registry import Preprocessing
 from models_zoo.weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, sha256_file
@@ -189,12 +190,16 @@ def open_session(manifest: dict, artifact: Path, threads: int):
 
 def run_check(artifact: Path, data: Path, *, reference: str | None = None, thresholds: Thresholds = Thresholds(),
               threads: int = 2, progress: Callable[[int, str], object] | None = None,
-              max_images: int | None = None) -> dict:
-    """Run the artifact and its FP32 reference over ``data``; return the report (``passed`` and ``checks``)."""
+              max_images: int | None = None, warn: Callable[[str], object] | None = None) -> dict:
+    """Run the artifact and its FP32 reference over ``data``; return the report (``passed`` and ``checks``).
+    ``warn`` hears, before the runtime opens the file, that the runtime is older than the manifest requires."""
     t0 = time.perf_counter()
     thresholds.check()
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
+    old_runtime = local_warning(manifest.get("requires"))
+    if old_runtime and warn is not None:
+        warn(old_runtime)
     classes = manifest.get("classes")
     dataset = read_dataset(data, classes)
     paths, labels = dataset.paths, dataset.labels
@@ -253,7 +258,7 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
         "target": manifest["target"],
         "precision": manifest.get("precision"),
         "runtime": {"name": manifest.get("validation", {}).get("runtime") or manifest["target"], "executed": executed,
-                    "method": method, "reason": reason, "threads": threads},
+                    "method": method, "reason": reason, "threads": threads, "requirement_warning": old_runtime},
         "reference": ref_label,
         "data": {"path": str(dataset.root), "labelled": labels is not None, "images": len(paths),
                  "classes": len(dataset.classes) if dataset.classes else None},

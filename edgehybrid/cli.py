@@ -121,6 +121,13 @@ def export_cmd(
         "--batch, if more); default: the bundled sample photos. 'edgehybrid check' measures drift on a whole folder."
     ),
     threads: int = typer.Option(2, "--threads", min=1, help="Runtime threads used for validation."),
+    opset: Optional[int] = typer.Option(
+        None, "--opset", help="ONNX opset to convert at (13-21) and keep; default: the lowest that holds the model."
+    ),
+    min_runtime: Optional[str] = typer.Option(
+        None, "--min-runtime", help="Oldest runtime the artifact must run on: an ONNX Runtime (1.14), TFLite runtime "
+        "(2.14), ExecuTorch (1.4) version or iOS16; the export is lowered to it, or refused naming what needs more.",
+    ),
     int8: Optional[str] = typer.Option(
         None, "--int8", metavar="[full|weights]",
         help="Quantize to INT8: 'full' (default; int8 weights and activations, calibrated) or 'weights' "
@@ -159,7 +166,7 @@ def export_cmd(
     )
     options = ExportOptions(
         precision=Precision.from_flags(precision, fp16, int8), batch=batch, normalize_in_graph=normalize_in_graph,
-        channels_last=False if nchw else None,
+        channels_last=False if nchw else None, opset=opset, min_runtime=min_runtime,
     )
     request = ExportRequest(
         model=model, target=target, out_dir=out, weights=weights, options=options, num_classes=num_classes,
@@ -223,6 +230,9 @@ def profile_cmd(
                                     python=device_python, identity=identity)
         else:
             result = profile_local(artifact, name, threads, warmup, runs, min_time, per_op)
+        warning = (result.get("requirement") or {}).get("warning")
+        if warning:
+            console.warn(warning)
         lat = result["latency_ms"]
         console.info(f"  p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, peak RSS {result['memory']['peak_rss_mb']:.0f} MB")
         profiles.append(result)
@@ -268,7 +278,7 @@ def check_cmd(
         check_output_file(report, (".md",), "--report")
     thresholds = check_mod.Thresholds(max_top1_drop=max_top1_drop, min_agreement=min_agreement, min_cosine=min_cosine)
     result = check_mod.run_check(artifact, data, reference=reference, thresholds=thresholds, threads=threads,
-                                 progress=console.progress)
+                                 progress=console.progress, warn=console.warn)
     if not result["runtime"]["executed"]:
         console.warn(f"{artifact.name} was not executed: {result['runtime']['reason']}; figures are "
                      f"{result['runtime']['method']}")

@@ -1,6 +1,7 @@
 """The manifest beside every artifact: enough to use the artifact correctly with nothing else at hand.
 
-It says what was built (model, weights and their hash, target, precision), how to feed it (input names,
+It says what was built (model, weights and their hash, target, precision), which runtime versions run it
+(``requires``, read from the file), how to feed it (input names,
 shapes, dtypes, layout, quantization parameters, preprocessing and whether it happens in the graph), what
 comes out (names, shapes, classes), how well it matched PyTorch (validation figures and how they were
 obtained), and with which tools and how long each step took.
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgehybrid import __version__
+from edgehybrid.requires import to_manifest
 from models_zoo.weights import sha256_file
 
 SCHEMA_VERSION = 1
@@ -37,7 +39,7 @@ def artifact_digest(path: Path) -> tuple[str, int]:
 
 
 def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings: dict,
-          quantization: dict | None = None) -> dict:
+          quantization: dict | None = None, requires: list | None = None) -> dict:
     spec = loaded.spec
     sha, size = artifact_digest(artifact.path)
     pre = spec.preprocessing.to_dict()
@@ -58,6 +60,8 @@ def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings:
         "artifact": _display_path(final_path),
         "sha256": sha,
         "size_bytes": size,
+        # the oldest runtime that runs the file, read from it: {"onnxruntime": ">=1.14"} (details.requires_from: why)
+        "requires": to_manifest(requires or []),
         "weights": loaded.weights.to_dict(),
         "inputs": [t.to_dict() for t in artifact.inputs],
         "outputs": [t.to_dict() for t in artifact.outputs],

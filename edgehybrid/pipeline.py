@@ -29,7 +29,8 @@ from edgehybrid.fsutil import (
     write_text_atomic,
 )
 from edgehybrid.int8 import Int8Request, quantize_for_target, sensitivity_markdown
-from edgehybrid.targets import Precision, Target, get_target
+from edgehybrid.requires import check_floor, parse_floor
+from edgehybrid.targets import Precision, Target, all_targets, get_target
 from edgehybrid.validate import raise_for, validate
 from exporters.base import ExportOptions, get_exporter
 from models_zoo import load_model
@@ -79,7 +80,30 @@ class ExportRequest:
                              "(or drop the option)")
         if precision.calibrated:
             (self.int8 or Int8Request()).check()
+        _check_versions(target, self.options)
         return target
+
+
+def _check_versions(target: Target, options: ExportOptions) -> None:
+    """--opset (a target with opsets: ONNX; in range) and --min-runtime (a version of the target's runtime), and
+    the two agree."""
+    from exporters import onnx_versions
+
+    floor = parse_floor(target, options.min_runtime) if options.min_runtime is not None else None
+    limits = onnx_versions.ort_limits(floor) if floor is not None and target.opsets is not None else None
+    if options.opset is None:
+        return
+    if target.opsets is None:
+        with_opsets = [t.name for t in all_targets() if t.opsets is not None]
+        raise InputError(f"--opset applies to --target {' / '.join(with_opsets)} only; {target.title} has no opset "
+                         "(drop it)")
+    lo, hi = target.opsets[0], target.opsets[-1]
+    if isinstance(options.opset, bool) or not isinstance(options.opset, int) or not lo <= options.opset <= hi:
+        raise InputError(f"--opset must be between {lo} and {hi}, got {options.opset!r}")
+    if limits is not None and options.opset > limits[0]:
+        raise InputError(f"--opset {options.opset} needs ONNX Runtime >= "
+                         f"{onnx_versions.ort_requirement(options.opset, 0)}, newer than --min-runtime "
+                         f"{options.min_runtime}; drop one of them or lower --opset to {limits[0]}")
 
 
 class NormalizeInGraph(nn.Module):
@@ -154,6 +178,10 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
             + ", ".join(f"{k} {v:.2f}s" for k, v in artifact.timings_s.items()))
         for warning in artifact.details.get("warnings", []):  # e.g. ops outside the accelerated backend
             log(f"warning: {warning}")
+        requirements = exporter.requires(artifact)
+        if options.min_runtime is not None:
+            check_floor(exporter.target, requirements, parse_floor(exporter.target, options.min_runtime))
+        artifact.details["requires_from"] = {r.runtime: r.source for r in requirements}
 
         t = time.perf_counter()
         validation = validate(req.target, artifact, graph, feeds_nchw, options.batch, req.threads, images,
@@ -164,7 +192,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         timings["total"] = time.perf_counter() - t_start
         manifest = manifest_mod.build(
             req=req, loaded=loaded, artifact=artifact, final_path=final_path, validation=validation, timings=timings,
-            quantization=None if quant is None else quant.report,
+            quantization=None if quant is None else quant.report, requires=requirements,
         )
         if quant is not None and quant.sensitivity:
             table = final_path.with_name(final_path.name + ".sensitivity.md")

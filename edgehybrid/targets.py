@@ -104,6 +104,11 @@ class Target:
     platforms: tuple[str, ...] | None = None  # sys.platform values where the runtime executes; None: all
     runs_on: str = ""  # where it executes, in words, when ``platforms`` limits it ("macOS")
     converter: str = ""
+    # what the manifest's "requires" names for this target's runtime (a package, or an OS) and a
+    # --min-runtime example
+    requires_key: str = ""
+    requires_example: str = ""
+    opsets: range | None = None  # the format's operator-set versions --opset takes (ONNX); None: no such option
 
     @property
     def precisions(self) -> tuple[Precision, ...]:
@@ -139,6 +144,8 @@ def register(target: Target) -> Target:
         raise ValueError(f"target {target.name!r} is registered twice")
     if not target.tolerances:
         raise ValueError(f"target {target.name!r} supports no precision")
+    if not (target.requires_key and target.requires_example):
+        raise ValueError(f"target {target.name!r} must name the runtime its artifacts require (requires_key)")
     _TARGETS[target.name] = target
     return target
 
@@ -194,7 +201,9 @@ register(Target(
     name="onnx", title="ONNX", suffix=".onnx", exporter_module="exporters.onnx",
     runtime="onnxruntime", runtime_module="edgehybrid.runtimes.onnxruntime", extra="onnx",
     probe_module="onnxruntime", device_package="onnxruntime", layout="NCHW",
-    converter="torch.export + torch.onnx (dynamo)",
+    converter="torch.export + torch.onnx (dynamo)", requires_key="onnxruntime", requires_example="1.14",
+    # 13 (per-axis QuantizeLinear) to 21, the newest whose ONNX Runtime release exporters/onnx_versions.py knows
+    opsets=range(13, 22),
     tolerances={
         # fp32, on the seven zoo models at batch 1 and 8: worst max-abs 1.1e-5 of max|logit| (mobilevitv2's
         # GroupNorm as InstanceNormalization sums in another order), so rtol 1e-4 leaves ~10x; a wrong op or
@@ -212,7 +221,7 @@ register(Target(
     runtime="coreml", runtime_module="edgehybrid.runtimes.coreml", extra="coreml",
     probe_module="coremltools", device_package="coremltools", layout="NCHW",
     artifact_is_folder=True, other_suffixes=(".mlmodel",), platforms=("darwin",), runs_on="macOS",
-    converter="coremltools from torch.export",
+    converter="coremltools from torch.export", requires_key="iOS", requires_example="iOS16",
     tolerances={
         # From the MIL reference evaluation of the seven zoo models (Core ML itself needs a Mac). fp32: <= 8.3e-7
         # of max|logit|; Core ML's kernels reorder sums and use fast transcendentals, so 1e-4 leaves > 100x.
@@ -229,6 +238,7 @@ register(Target(
     name="tflite", title="TFLite", suffix=".tflite", exporter_module="exporters.tflite",
     runtime="litert", runtime_module="edgehybrid.runtimes.litert", extra="tflite",
     probe_module="ai_edge_litert", device_package="ai-edge-litert", layout="NHWC", converter="litert-torch",
+    requires_key="tflite-runtime", requires_example="2.14",
     tolerances={
         # fp32, 7 reference models + recalibrated mobilenetv2/v3: worst 7.7e-6 of max|logit|, cosine 1 - 2e-11;
         # rtol 5e-5 is 6x the worst seen; a lowering or layout bug errs by > 1e-2.
@@ -243,7 +253,7 @@ register(Target(
     name="executorch", title="ExecuTorch", suffix=".pte", exporter_module="exporters.executorch",
     runtime="executorch", runtime_module="edgehybrid.runtimes.executorch", extra="executorch",
     probe_module="executorch", device_package="executorch", layout="NCHW",
-    converter="torch.export + ExecuTorch (XNNPACK delegate)",
+    converter="torch.export + ExecuTorch (XNNPACK delegate)", requires_key="executorch", requires_example="1.4",
     tolerances={
         # fp32 on XNNPACK, on both trained fixtures and random mobilevit_s / efficientformer_l1 (8 photos): worst
         # 1.5e-6 of max|logit| (mobilevit_s), so LiteRT's bound (the same XNNPACK kernels) leaves 30x.

@@ -28,6 +28,7 @@ from torch import nn
 from calibration.ops import QuantPolicy
 from edgehybrid.drift import Tolerance
 from edgehybrid.errors import MissingBackendError
+from edgehybrid.requires import Requirement
 from edgehybrid.targets import INT8_TOLERANCE, Precision, Target, get_target  # noqa: F401  (re-exported)
 from models_zoo.registry import ModelSpec
 
@@ -44,6 +45,9 @@ class ExportOptions:
     normalize_in_graph: bool = False
     # None: the target's convention (NHWC for TFLite, NCHW elsewhere); True/False forces it
     channels_last: bool | None = None
+    opset: int | None = None  # ONNX only; None: the lowest that holds the model
+    # the oldest runtime the artifact must run on ("1.14" for ONNX Runtime, "iOS16" ...); None: no floor
+    min_runtime: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision.parse(self.precision))
@@ -145,6 +149,10 @@ class Exporter:
         """Write the artifact at ``out`` (a path ending in the target's suffix) and describe it."""
         raise NotImplementedError
 
+    def requires(self, artifact: Artifact) -> list[Requirement]:
+        """The runtime versions the written artifact needs, read from the file wherever the file says it."""
+        raise NotImplementedError
+
 
 _EXPORTERS: dict[str, type[Exporter]] = {}
 
@@ -156,7 +164,7 @@ def register(cls: type[Exporter]) -> type[Exporter]:
         raise TypeError(f"{cls.__name__}.target must be a registered Target (edgehybrid.targets.get_target(...))")
     if not isinstance(getattr(cls, "quant_policy", None), QuantPolicy):
         raise TypeError(f"{cls.__name__}.quant_policy must be a calibration.ops.QuantPolicy")
-    for method in ("check_available", "export"):
+    for method in ("check_available", "export", "requires"):
         if getattr(cls, method) is getattr(Exporter, method):
             raise TypeError(f"{cls.__name__} must implement {method}()")
     _EXPORTERS[target.name] = cls

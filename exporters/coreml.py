@@ -30,6 +30,7 @@ from torch import nn
 
 from calibration.ops import QuantPolicy
 from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
+from edgehybrid.requires import Requirement
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -175,6 +176,15 @@ class CoreMLExporter(Exporter):
             details=details,
             timings_s={k: round(v, 4) for k, v in timings.items()},
         )
+
+    def requires(self, artifact: Artifact) -> list[Requirement]:
+        """The OS releases whose Core ML runs the package's specification version (read from the package)."""
+        from exporters.coreml_check import os_minimums
+
+        ct = _import_coremltools("reading a Core ML package")
+        version = int(ct.utils.load_spec(str(artifact.path)).specificationVersion)
+        return [Requirement(os_name, str(release), f"Core ML specification version {version}")
+                for os_name, release in os_minimums(version).items()]
 
 
 def _trace(model: nn.Module, example: torch.Tensor, what: str):

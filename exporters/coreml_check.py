@@ -41,8 +41,15 @@ from exporters.base import TensorInfo
 REFERENCE_LABEL = (
     "MIL reference evaluation (edgehybrid's numpy interpretation of the converted program; not the Core ML runtime)"
 )
+
+
+def os_minimums(spec_version: int) -> dict[str, int]:
+    """The OS releases whose Core ML first runs specification version ``spec_version`` (6: iOS 15 ...)."""
+    return {"iOS": spec_version + 9, "macOS": spec_version + 6, "tvOS": spec_version + 9, "watchOS": spec_version + 2}
+
+
 #: spec version -> the deployment targets that first run it
-DEPLOYMENT_TARGETS = {v: f"iOS{v + 9} / macOS{v + 6} / tvOS{v + 9} / watchOS{v + 2}" for v in (6, 7, 8, 9)}
+DEPLOYMENT_TARGETS = {v: " / ".join(f"{k}{n}" for k, n in os_minimums(v).items()) for v in (6, 7, 8, 9)}
 MAX_RANK = 5  # Core ML rejects tensors of higher rank
 _DTYPES = {"FLOAT32": "float32", "FLOAT16": "float16", "DOUBLE": "float64", "INT32": "int32", "INT8": "int8"}
 

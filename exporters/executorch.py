@@ -28,6 +28,7 @@ from torch import nn
 from calibration.annotate import torchao
 from calibration.ops import UNWEIGHTED, QuantPolicy
 from edgehybrid.errors import EdgeHybridError, MissingBackendError, first_line
+from edgehybrid.requires import Requirement
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -120,6 +121,16 @@ class ExecuTorchExporter(Exporter):
             outputs=[TensorInfo(OUTPUT_NAME, (n, num_classes), "float32")],
             versions={"executorch": version_of("executorch")}, details=details, timings_s=timings,
         )
+
+    def requires(self, artifact: Artifact) -> list[Requirement]:
+        """The ExecuTorch release that wrote the file, or a later one: ExecuTorch runtimes load programs of
+        their own release and older (1.0's compatibility promise), not newer. A .pte does not record its
+        writer, so the writer's release is the one fact not read from the file; its schema identifier is."""
+        with open(artifact.path, "rb") as fh:
+            identifier = fh.read(8)[4:8].decode("ascii", "replace")
+        release = ".".join(version_of("executorch").split(".")[:2])
+        return [Requirement("executorch", release, f"written by ExecuTorch {version_of('executorch')} "
+                            f"(program schema {identifier})")]
 
 
 def xnnpack_partitioner():

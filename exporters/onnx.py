@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from calibration.ops import OpKind, QuantPolicy
-from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
+from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, InputError, first_line
+from edgehybrid.requires import Requirement, parse_floor
+from exporters import onnx_versions
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -40,10 +42,11 @@ from exporters.base import (
 )
 from models_zoo.registry import ModelSpec
 
-#: 18 is the oldest opset torch's dynamo exporter emits (asking for less silently writes 18), so it is the
-#: most widely deployable (ONNX Runtime >= 1.14 runs it; opset 20 needs >= 1.17) and it has every op these
-#: models need (LayerNormalization since 17). Opset 20 only adds a native Gelu op: at 18 Gelu is an Erf
-#: pattern, and an interleaved A/B of deit_tiny / efficientformer_l1 on ORT CPU showed no latency difference.
+#: 18 is the opset torch's dynamo exporter builds in (17 goes through onnxscript's version converter; asking
+#: for less silently writes 18). The file then declares the lowest opset holding its nodes as written
+#: (``onnx_versions.stamp_lowest``), 17 or 18 here, with IR version 8: ONNX Runtime >= 1.13 / 1.14. Opset 20
+#: only adds a native Gelu op (at 18 an Erf pattern); an interleaved A/B of deit_tiny / efficientformer_l1 on
+#: ORT CPU showed no latency difference.
 DEFAULT_OPSET = 18
 #: protobuf refuses to serialize a message of 2 GiB or more; leave headroom for the graph itself
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -97,6 +100,7 @@ class OnnxExporter(Exporter):
             module = _ChannelsLastInput(module)
         feed = example.permute(0, 2, 3, 1).contiguous() if nhwc else example
         what = f"{spec.name} ({options.precision})"
+        opset = choose_opset(options)
 
         with _quiet():
             t = time.perf_counter()
@@ -104,24 +108,27 @@ class OnnxExporter(Exporter):
             timings["trace"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            program = _convert(ep, feed, what)
+            program = _convert(ep, feed, what, opset)
             timings["convert"] = time.perf_counter() - t
+            _check_opset(program, opset, what)
 
             weight_bytes = sum(
                 v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None
             )
             details: dict = {"batch": int(feed.shape[0]), "external_data": weight_bytes > EXTERNAL_DATA_THRESHOLD_BYTES}
             program.model.metadata_props.update(_metadata(spec, options, "NHWC" if nhwc else "NCHW"))
+            pinned = options.opset is not None  # the user's opset is kept; otherwise the lowest that holds it
             if details["external_data"]:
                 mp = _write_external(onnx, program, out, what, details, timings)
             elif options.precision == "int8":
-                mp = _write_int8(onnx, program.model_proto, out, what, details, timings)
+                mp = _write_int8(onnx, program.model_proto, out, what, details, timings, pinned)
             else:
-                mp = _write_single(onnx, program.model_proto, out, what, details, timings)
+                mp = _write_single(onnx, program.model_proto, out, what, details, timings, pinned=pinned)
 
         ops = Counter(n.op_type for n in mp.graph.node)
         details.update(
-            opset=next((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), None),
+            opset=onnx_versions.default_opset(mp),
+            opset_converted_at=opset,
             ir_version=mp.ir_version,
             nodes=len(mp.graph.node),
             op_types=dict(ops.most_common()),
@@ -150,9 +157,47 @@ class OnnxExporter(Exporter):
         )
 
 
-def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, no_simplify: str = ""):
-    """Simplify (unless ``no_simplify`` gives the reason not to), check and save as one self-contained file;
-    returns the final ModelProto."""
+    def requires(self, artifact: Artifact) -> list[Requirement]:
+        """ONNX Runtime's first release implementing the opset and IR version the file declares."""
+        import onnx
+
+        mp = onnx.load(str(artifact.path), load_external_data=False)
+        opset = onnx_versions.default_opset(mp)
+        return [Requirement("onnxruntime", onnx_versions.ort_requirement(opset, mp.ir_version),
+                            f"opset {opset}, IR version {mp.ir_version}")]
+
+
+def choose_opset(options: ExportOptions) -> int:
+    """The opset to convert at: the user's, else the default, lowered to what ``--min-runtime`` implements."""
+    if options.opset is not None:
+        return options.opset
+    if options.min_runtime is None:
+        return DEFAULT_OPSET
+    return min(DEFAULT_OPSET, onnx_versions.ort_limits(parse_floor("onnx", options.min_runtime))[0])
+
+
+def _check_opset(program, opset: int, what: str) -> None:
+    """torch.onnx writes a newer opset than asked when it cannot lower the model: name the ops that need it."""
+    declared = program.model.opset_imports.get("", opset)
+    if declared <= opset:
+        return
+    mp = program.model_proto
+    found = onnx_versions.blockers(mp, opset)
+    if not found:
+        forms = onnx_versions.newer_forms(mp, opset)
+        names = ", ".join(f"{b.op} (opset {b.since})" for b in forms[:3]) or "its graph"
+        needed = forms[0].since if forms else declared
+        raise InputError(f"torch.onnx could not write {what} at opset {opset}: {names} stay in a later opset's form, "
+                         f"which its version converter does not lower; use --opset {needed} or later (ONNX Runtime "
+                         f">= {onnx_versions.ort_requirement(needed, 0)})")
+    raise InputError(f"opset {opset} cannot hold {what}: it uses {', '.join(map(str, found[:3]))}; use --opset "
+                     f"{found[0].since} or later")
+
+
+def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, no_simplify: str = "",
+                  pinned: bool = False):
+    """Simplify (unless ``no_simplify`` gives the reason not to), declare the lowest opset (unless ``pinned``)
+    and IR version that hold it, check and save as one self-contained file; returns the final ModelProto."""
     details["nodes_before_simplify"] = len(mp.graph.node)
     if no_simplify:
         simplified, simplifier, reason = mp, "none", no_simplify
@@ -168,6 +213,7 @@ def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, 
     details["simplifier"] = simplifier
     if reason:
         details["simplifier_reason"] = reason
+    onnx_versions.stamp_lowest(simplified, keep_opset=pinned)
     t = time.perf_counter()
     _check(onnx, simplified, what)
     timings["check"] = time.perf_counter() - t
@@ -177,14 +223,14 @@ def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, 
     return simplified
 
 
-def _write_int8(onnx, mp, out: Path, what: str, details: dict, timings: dict):
+def _write_int8(onnx, mp, out: Path, what: str, details: dict, timings: dict, pinned: bool):
     """QDQ model with uint8 activations for ONNX Runtime, saved like any other but not simplified; records
     what ONNX Runtime fuses it into."""
     t = time.perf_counter()
     details["uint8_activation_edges"] = uint8_activations(mp)
     timings["uint8"] = time.perf_counter() - t
     mp = _write_single(onnx, mp, out, what, details, timings,
-                       no_simplify="int8: a simplifier would fold int8 weights back to float")
+                       no_simplify="int8: a simplifier would fold int8 weights back to float", pinned=pinned)
     t = time.perf_counter()
     details["onnxruntime_optimized_ops"] = _ort_optimized_ops(out)
     timings["inspect"] = time.perf_counter() - t
@@ -259,6 +305,9 @@ def _write_external(onnx, program, out: Path, what: str, details: dict, timings:
     """Past protobuf's 2 GB limit: weights go to ``<out>.data``. The simplifiers serialize the model whole,
     so they cannot run; the checker reads the file from its path (the form that supports external data)."""
     t = time.perf_counter()
+    # the graph is past protobuf's limit, so the IR version is set on the in-memory model (opset as converted)
+    program.model.ir_version = onnx.helper.find_min_ir_version_for(
+        [onnx.helper.make_opsetid(d, v) for d, v in program.model.opset_imports.items()], True)
     program.save(out, external_data=True)
     timings["save"] = time.perf_counter() - t
     details.update(simplifier="none", simplifier_reason="model exceeds protobuf's 2 GB limit")
@@ -286,14 +335,14 @@ def _trace(module: nn.Module, feed: torch.Tensor, what: str):
         ) from exc
 
 
-def _convert(ep, feed: torch.Tensor, what: str):
-    """ExportedProgram -> ONNXProgram at DEFAULT_OPSET, I/O named per the contract."""
+def _convert(ep, feed: torch.Tensor, what: str, opset: int):
+    """ExportedProgram -> ONNXProgram at ``opset``, I/O named per the contract."""
     try:
         return torch.onnx.export(
             ep,
             (feed,),
             dynamo=True,
-            opset_version=DEFAULT_OPSET,
+            opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             external_data=False,

@@ -31,6 +31,7 @@ from torch import nn
 
 from calibration.ops import UNWEIGHTED, QuantPolicy
 from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, first_line
+from edgehybrid.requires import Requirement
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -156,6 +157,8 @@ class TFLiteExporter(Exporter):
             tensor_dtypes=info["tensor_dtypes"],
             weights=info["weights"],
             size_bytes=len(flatbuffer),
+            min_runtime_version=info["min_runtime_version"],
+            op_versions=info["op_versions"],
         )
         versions = {
             "torch": torch.__version__,
@@ -174,6 +177,17 @@ class TFLiteExporter(Exporter):
             details=details,
             timings_s={k: round(v, 4) for k, v in timings.items()},
         )
+
+
+    def requires(self, artifact: Artifact) -> list[Requirement]:
+        """The TFLite runtime the converter says the file needs (its ``min_runtime_version`` metadata, computed
+        from the op versions it chose); nothing when the file does not say."""
+        info = inspect_flatbuffer(Path(artifact.path).read_bytes())
+        if not info["min_runtime_version"]:
+            return []
+        newer = ", ".join(f"{op} v{v}" for op, v in sorted(info["op_versions"].items(), key=lambda kv: -kv[1])[:4])
+        return [Requirement("tflite-runtime", info["min_runtime_version"],
+                            "the converter's min_runtime_version" + (f"; op versions {newer}" if newer else ""))]
 
 
 def _static_int8():
@@ -228,6 +242,7 @@ def inspect_flatbuffer(buf: bytes) -> dict:
     type_names[schema.TensorType.FLOAT32] = "float32"
 
     ops: Counter = Counter()
+    op_versions: dict[str, int] = {}  # ops past version 1: what sets the runtime the file needs
     int8_ops: Counter = Counter()  # ops whose output is int8: the ones that run an int8 kernel
     dtypes: Counter = Counter()
     weight_elems: Counter = Counter()
@@ -242,6 +257,8 @@ def inspect_flatbuffer(buf: bytes) -> dict:
             if op == schema.BuiltinOperator.CUSTOM and code.CustomCode():
                 name = "CUSTOM:" + code.CustomCode().decode()
             ops[name] += 1
+            if code.Version() > 1:
+                op_versions[name] = max(op_versions.get(name, 1), int(code.Version()))
             if operator.OutputsLength() and sg.Tensors(operator.Outputs(0)).Type() == schema.TensorType.INT8:
                 int8_ops[name] += 1
         for i in range(sg.TensorsLength()):
@@ -276,7 +293,24 @@ def inspect_flatbuffer(buf: bytes) -> dict:
         "int8_op_counts": dict(int8_ops.most_common()),
         "tensor_dtypes": sorted(dtypes),
         "weights": {f"{dtype}_elements": n for dtype, n in sorted(weight_elems.items())},
+        "min_runtime_version": _metadata_text(buf, model, "min_runtime_version"),
+        "op_versions": dict(sorted(op_versions.items())),
     }
+
+
+def _metadata_text(buf: bytes, model, name: str) -> str | None:
+    """A metadata entry of the flatbuffer as text (its buffer is NUL-padded), or None when absent."""
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() is None or entry.Name().decode() != name:
+            continue
+        buffer = model.Buffers(entry.Buffer())
+        data = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
+        if not data and buffer.Offset():  # stored past the flatbuffer (files over 2 GB)
+            data = buf[buffer.Offset(): buffer.Offset() + buffer.Size()]
+        text = data.split(b"\0", 1)[0].decode("ascii", "replace").strip()
+        return text or None
+    return None
 
 
 @contextlib.contextmanager

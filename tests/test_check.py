@@ -184,3 +184,18 @@ def test_bad_inputs_fail_with_exit_2_in_one_line(cli, int8_artifact, tmp_path, c
     assert re.search(pattern, err), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
     assert not (tmp_path / "report.txt").exists() or case == "junit under a file"
+
+
+def test_check_warns_before_running_on_a_runtime_older_than_the_manifest_requires(int8_artifact, tmp_path):
+    from edgehybrid.check import run_check
+
+    artifact = tmp_path / int8_artifact.name
+    shutil.copy(int8_artifact, artifact)
+    manifest = json.loads(int8_artifact.with_name(int8_artifact.name + ".manifest.json").read_text())
+    assert manifest["requires"] == {"onnxruntime": ">=1.14"}
+    manifest["requires"] = {"onnxruntime": ">=99.0"}  # newer than any release: this machine's is older
+    artifact.with_name(artifact.name + ".manifest.json").write_text(json.dumps(manifest))
+    heard = []
+    report = run_check(artifact, _small_eval(tmp_path, 1), warn=heard.append)
+    assert len(heard) == 1 and heard[0].startswith("onnxruntime ") and "(onnxruntime>=99.0, from its manifest)" in heard[0]
+    assert report["runtime"]["requirement_warning"] == heard[0]

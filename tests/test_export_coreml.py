@@ -73,6 +73,9 @@ def test_mobilevit_fp32_artifact_fields(mobilevit):
     assert {"conv", "layer_norm", "softmax", "matmul"} <= set(d["op_counts"])
     assert "float32" in d["const_dtypes"] and "float16" not in d["const_dtypes"]
     assert d["metadata"]["author"] == "edgehybrid"
+    # read back from the saved package's specification version
+    reqs = {r.runtime: r.minimum for r in get_exporter("coreml").requires(art)}
+    assert reqs == {"iOS": "15", "macOS": "12", "tvOS": "15", "watchOS": "8"}
     assert "mobilevit_xxs" in d["metadata"]["short_description"]
     meta = d["metadata"]["user_defined"]
     assert meta["edgehybrid.model"] == "mobilevit_xxs" and meta["edgehybrid.input_layout"] == "NCHW"

@@ -42,6 +42,9 @@ def test_fp32_export_validates_on_the_executorch_runtime(fixture_fp32):
     assert all(op in d["by_operator"] for op in d["portable_ops"])
     assert m["inputs"][0] == {"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32", "layout": "NCHW",
                               "scale": None, "zero_point": None}
+    # runtimes load programs of their release or older: the writer's release is the floor
+    assert m["requires"] == {"executorch": ">=1.4"}
+    assert m["details"]["requires_from"]["executorch"].endswith("(program schema ET12)")
 
 
 def test_profile_and_check_run_the_pte(cli, fixture_fp32):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, UnknownNameError
 from edgehybrid.profiling.protocol import PROBE, auto_runtime, parse_document, probe_args, probe_line, runtime_package
+from edgehybrid.requires import manifest_requires
 from edgehybrid.runtimes import RuntimeUnavailable
 from edgehybrid.targets import runtime_names, target_of_runtime
 
@@ -105,7 +106,8 @@ def profile_local(artifact: Path, runtime: str, threads: int, warmup: int, runs:
     """
     artifact = Path(artifact)
     name = resolve_runtime(artifact, runtime)
-    cmd = [python, str(PROBE)] + probe_command(artifact, name, threads, warmup, runs, min_time, per_op)
+    cmd = [python, str(PROBE)] + probe_command(artifact, name, threads, warmup, runs, min_time, per_op,
+                                               manifest_requires(artifact))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except FileNotFoundError:

@@ -54,6 +54,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -335,6 +336,43 @@ def _missing(package: str, install: str, hint: str = "") -> ProbeError:
                       "%s -m pip install %s%s" % (package, python, platform.python_version(), python, install, hint))
 
 
+# ---------------------------------------------------------------- runtime versions
+# edgehybrid.requires re-exports these: the host and the device read a manifest's "requires" alike.
+
+#: LiteRT (ai-edge-litert) continues TensorFlow Lite's runtime after TF 2.17 under its own numbering, so it
+#: meets every tflite-runtime minimum a converter writes (those are TF 2.x versions)
+SUCCESSORS = {"tflite-runtime": ("ai-edge-litert",)}
+
+
+def version_tuple(text):
+    """``"1.17.3"`` -> (1, 17, 3); ``"2.14.0rc1"`` -> (2, 14, 0); None when it starts with no number."""
+    m = re.match(r"^\s*v?(\d+(?:\.\d+)*)", str(text))
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def satisfies(version, spec):
+    """Whether ``version`` meets ``spec`` (``">=1.14"``); None when either cannot be read."""
+    spec = str(spec)
+    have, need = version_tuple(version), version_tuple(spec[2:]) if spec.startswith(">=") else None
+    if have is None or need is None:
+        return None
+    width = max(len(have), len(need))
+    return have + (0,) * (width - len(have)) >= need + (0,) * (width - len(need))
+
+
+def unmet(requires, package, version):
+    """The warning for running an artifact that ``requires`` (a manifest's field) on ``package`` ``version``;
+    None when it is met, or when ``requires`` says nothing about that runtime."""
+    for key, spec in (requires or {}).items():
+        if package in SUCCESSORS.get(key, ()):
+            return None
+        if key == package and satisfies(version, spec) is False:
+            return ("%s %s is older than the artifact needs (%s%s, from its manifest): it may refuse the file or "
+                    "miss an op; upgrade %s, or re-export with --min-runtime %s" % (package, version, key, spec,
+                                                                                   package, version))
+    return None
+
+
 # ---------------------------------------------------------------- runtimes
 
 class OnnxProbe:
@@ -350,7 +388,8 @@ class OnnxProbe:
             import onnxruntime
         except ImportError:
             raise _missing("onnxruntime", "onnxruntime") from None
-        self.ort, self.version, self.backend = onnxruntime, onnxruntime.__version__, "onnxruntime CPUExecutionProvider"
+        self.ort, self.version, self.package = onnxruntime, onnxruntime.__version__, "onnxruntime"
+        self.backend = "onnxruntime %s CPUExecutionProvider" % self.version
         self.arena = (None, "ONNX Runtime reports its arena only through its profiler: pass --per-op")
 
     def _options(self, threads: int):
@@ -491,7 +530,7 @@ class LiteRTProbe:
             self.version = version(package)
         except Exception:  # noqa: BLE001 - metadata missing in some vendor builds
             self.version = "unknown"
-        self.interpreter_cls, self.backend = Interpreter, "%s %s" % (package, self.version)
+        self.interpreter_cls, self.backend, self.package = Interpreter, "%s %s" % (package, self.version), package
 
     def load(self, path: str, threads: int) -> None:
         if not os.path.isfile(path):
@@ -541,6 +580,7 @@ class CoreMLProbe:
         except ImportError:
             raise _missing("coremltools", "coremltools") from None
         self.ct, self.version = coremltools, coremltools.__version__
+        self.package, self.os_version = "macOS", platform.mac_ver()[0]  # the manifest requires an OS release
         self.backend = "Core ML (macOS %s) via coremltools %s, compute units ALL" % (platform.mac_ver()[0],
                                                                                     self.version)
 
@@ -594,7 +634,7 @@ class ExecuTorchProbe:
         except Exception:  # noqa: BLE001
             self.version = "unknown"
         self.lib, self.runtime, self.verification = portable_lib, Runtime, Verification
-        self.backend = "ExecuTorch %s (XNNPACK + portable kernels)" % self.version
+        self.backend, self.package = "ExecuTorch %s (XNNPACK + portable kernels)" % self.version, "executorch"
 
     def load(self, path: str, threads: int) -> None:
         import struct
@@ -647,9 +687,21 @@ def measure(args) -> dict:
     if not os.path.exists(path):
         raise ProbeError("input", "artifact %r does not exist" % path)
     rt = RUNTIMES[args.runtime]()  # imports the runtime: part of the baseline, not of the model
+    requirement = None
+    if args.requires:
+        warning = unmet(args.requires, rt.package, getattr(rt, "os_version", rt.version))
+        requirement = {"requires": args.requires, "met": warning is None, "warning": warning}
+        if warning:  # said before the runtime sees the file: an old runtime may refuse it, and this says why
+            print("probe warning: " + warning, file=sys.stderr)
+            sys.stderr.flush()
     baseline = memory_mb("VmRSS")
     t = time.perf_counter_ns()
-    rt.load(path, args.threads)
+    try:
+        rt.load(path, args.threads)
+    except ProbeError as exc:
+        if requirement and requirement["warning"]:
+            raise ProbeError(exc.kind, "%s (%s)" % (exc, requirement["warning"])) from None
+        raise
     load_ms = (time.perf_counter_ns() - t) / 1e6
     names = [i[0] for i in rt.inputs]
     if args.input_name and args.input_name not in names:
@@ -663,7 +715,9 @@ def measure(args) -> dict:
         for _ in range(args.warmup):
             rt.run()
     except Exception as exc:  # noqa: BLE001 - the runtime cannot execute this artifact: the user's to fix
-        raise ProbeError("input", "%s failed running %s: %s" % (args.runtime, os.path.basename(path), _short(exc)))
+        note = " (%s)" % requirement["warning"] if requirement and requirement["warning"] else ""
+        raise ProbeError("input", "%s failed running %s: %s%s" % (args.runtime, os.path.basename(path), _short(exc),
+                                                                 note))
     samples, start = [], time.perf_counter()
     while (len(samples) < args.runs) if args.runs else (time.perf_counter() - start < args.min_time):
         t = time.perf_counter_ns()
@@ -686,7 +740,7 @@ def measure(args) -> dict:
         "samples_ms": [round(s, 4) for s in samples],
         "memory": {"baseline_rss_mb": baseline, "peak_rss_mb": peak, "peak_above_baseline_mb": peak - baseline,
                    "arena_mb": rt.arena[0], "arena_note": rt.arena[1], "method": MEMORY_METHOD},
-        "per_op": per_op, "device": args.device,
+        "per_op": per_op, "device": args.device, "requirement": requirement,
     }
 
 
@@ -707,7 +761,16 @@ def parse_args(argv):
     p.add_argument("--per-op", action="store_true")
     p.add_argument("--input-name", help="the input to report (all inputs are fed)")
     p.add_argument("--device", default="local", help="label for the 'device' field")
+    p.add_argument("--requires", action="append", default=[], metavar="RUNTIME>=VERSION",
+                   help="the artifact's minimum runtime (from its manifest), checked before loading; repeatable")
     args = p.parse_args(argv)
+    requires = {}
+    for item in args.requires:
+        key, sep, minimum = item.partition(">=")
+        if not sep or not key.strip() or version_tuple(minimum) is None:
+            raise ProbeError("usage", "--requires takes RUNTIME>=VERSION, got %r" % item)
+        requires[key.strip()] = ">=" + minimum.strip()
+    args.requires = requires
     if args.runs is not None and args.runs < 1:
         raise ProbeError("usage", "--runs must be at least 1, got %d" % args.runs)
     if args.min_time is not None and not args.min_time > 0:

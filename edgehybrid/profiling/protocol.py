@@ -21,7 +21,7 @@ _PROBE_LINE = re.compile(r"^probe error \((?P<kind>[\w-]+)\): (?P<message>.+)$")
 
 
 def probe_args(artifact: str, runtime: str, threads: int, warmup: int, runs: int | None, min_time: float | None,
-               per_op: bool) -> list[str]:
+               per_op: bool, requires: dict[str, str] | None = None) -> list[str]:
     """The probe's arguments (after the interpreter and the script), checked before anything runs."""
     if threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}")
@@ -35,6 +35,7 @@ def probe_args(artifact: str, runtime: str, threads: int, warmup: int, runs: int
         raise InputError(f"--min-time must be a positive number of seconds, got {min_time}")
     args = [str(artifact), "--runtime", runtime, "--threads", str(threads), "--warmup", str(warmup)]
     args += ["--runs", str(runs)] if runs is not None else ["--min-time", repr(float(min_time))]
+    args += [f"--requires={key}{spec}" for key, spec in (requires or {}).items()]
     return args + (["--per-op"] if per_op else [])
 
 

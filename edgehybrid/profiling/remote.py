@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from edgehybrid.errors import EdgeHybridError, InputError
 from edgehybrid.profiling.protocol import PROBE, auto_runtime, parse_document, probe_args, probe_line, runtime_package
+from edgehybrid.requires import manifest_requires
 
 _EXPECTED = "expected ssh://user@host[:port], e.g. ssh://pi@raspberrypi.local:22"
 _NO_MODULE = re.compile(r"^(?:ModuleNotFoundError|ImportError): No module named '(?P<module>[\w.]+)'")
@@ -239,11 +240,12 @@ def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, w
         raise EdgeHybridError(f"the profiling probe {str(PROBE)!r} is missing from this installation")
     if runtime == "auto":  # the probe takes a runtime name: settle it here, from the artifact's suffix
         runtime = auto_runtime(artifact)
+    requires = manifest_requires(artifact)  # the device's runtime version is checked against it there
     probe_args("-", runtime, threads, warmup, runs, min_time, per_op)  # refused here, before any copy
     deadline = time.monotonic() + timeout
     remote_dir = _copy(device, artifact, deadline, timeout, identity, ssh_options)
     args = [python, "-"] + probe_args(f"{remote_dir}/{artifact.name}", runtime, threads, warmup, runs, min_time,
-                                      per_op)
+                                      per_op, requires)
     q_dir = shlex.quote(remote_dir)
     # inside the folder, so anything the runtime writes (profiler traces) goes with it; removed whatever happens
     script = (f"cd {q_dir} || exit 1; {' '.join(shlex.quote(a) for a in args)}; rc=$?; cd /; "
