@@ -10,11 +10,12 @@ Two steps, kept apart because an artifact may fold the second into its graph (``
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from edgehybrid.errors import InputError
+from edgehybrid.errors import InputError, first_line
 from models_zoo.registry import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -24,21 +25,44 @@ _INTERPOLATION = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}  # PI
 
 
 def load_pixels(path: Path, pre: Preprocessing) -> np.ndarray:
-    """One image file as float32 CHW RGB pixels (0..255), resized and centre-cropped per ``pre``."""
-    from PIL import Image, UnidentifiedImageError
+    """One image file as float32 CHW RGB pixels (0..255), resized and centre-cropped per ``pre``.
+
+    Whatever the decoder refuses (a corrupt file, a truncated one, one that declares a size Pillow treats as
+    a decompression bomb) is an :class:`InputError` naming the file; callers skip and count it. 16-bit
+    grayscale is scaled to 0..255 (Pillow's own conversion would clip it)."""
+    from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                # composite transparency on white: what a viewer shows, and what training photos look like
-                img = img.convert("RGBA")
-                bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(bg, img)
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read image {str(path)!r}: not a readable JPEG/PNG/WebP/BMP ({exc})") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded into memory
+            with Image.open(path) as img:
+                img.load()
+                rgb = _to_rgb(img, Image)
+    except MemoryError as exc:
+        raise InputError(f"cannot read image {str(path)!r}: too large to decode in memory") from exc
+    except Exception as exc:  # noqa: BLE001 - every decoder refusal (OSError, DecompressionBomb*, SyntaxError,
+        # struct.error ...) is the file's fault, reported the same way
+        reason = first_line(exc) or type(exc).__name__
+        raise InputError(f"cannot read image {str(path)!r}: not a readable JPEG/PNG/WebP/BMP ({reason})") from exc
     return _resize_crop(rgb, pre)
+
+
+def _to_rgb(img, Image):
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # composite transparency on white: what a viewer shows, and what training photos look like
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, img).convert("RGB")
+    if img.mode.startswith("I") or img.mode == "F":
+        # 16-bit (I;16*) and 32-bit integer or float grayscale: scale the type's range to 0..255
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) <= 65535) else None
+        if top is None:
+            lo, hi = float(a.min(initial=0)), float(a.max(initial=1))
+            a, top = a - lo, max(hi - lo, 1e-12)
+        gray = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return img.convert("RGB")
 
 
 def _resize_crop(img, pre: Preprocessing) -> np.ndarray:

@@ -240,3 +240,9 @@ def _check_shape(array: np.ndarray, input_shape: tuple[int, int, int], path: Pat
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"calibration tensors in {str(path)!r} are {array.dtype}, expected float32 "
                          "preprocessed (normalized) tensors")
+    for start in range(0, len(array), 256):  # in chunks: a memory-mapped .npy is never read whole at once
+        finite = np.isfinite(array[start:start + 256])
+        if not finite.all():
+            bad = start + int(np.argmin(finite.reshape(finite.shape[0], -1).all(axis=1)))
+            raise InputError(f"calibration tensors in {str(path)!r} hold NaN or Inf (first in sample {bad}); "
+                             "fix or drop those samples: activation ranges cannot be computed from them")

@@ -9,7 +9,6 @@ result (exit 1) and tell a broken artifact (drop) from bad input (exit 2).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -72,28 +71,31 @@ class Dataset:
 # --------------------------------------------------------------------------------------------- inputs
 
 
-def read_manifest(artifact: Path) -> dict:
-    """The manifest written beside ``artifact`` by ``edgehybrid export``; checks that the artifact is the
-    one it describes (same sha256), so a truncated or replaced file is refused before it runs."""
+def read_manifest(artifact: Path, verify: bool = True) -> dict:
+    """The manifest written beside ``artifact`` by ``edgehybrid export``, checked against its schema; with
+    ``verify`` (the default) the artifact must be the one it describes (same sha256), so a truncated or
+    replaced file is refused before it runs, and a manifest without a sha256 is refused too."""
+    from edgehybrid.manifest import artifact_digest
+    from edgehybrid.manifest_schema import load, manifest_path
+
     artifact = Path(artifact)
     if not artifact.exists():
         raise InputError(f"artifact {str(artifact)!r} does not exist; check the path")
-    path = artifact.with_name(artifact.name + ".manifest.json")
+    path = manifest_path(artifact)
     if not path.is_file():
         raise InputError(f"{artifact.name} has no manifest ({path.name}); check needs the manifest "
                          "that 'edgehybrid export' writes beside the artifact: re-export it")
+    manifest = load(path)
+    if not verify:
+        return manifest
+    if "sha256" not in manifest:
+        raise InputError(f"manifest {path.name} has no sha256, so {artifact.name} cannot be verified against it; "
+                         "re-export the artifact, or pass --no-verify to check it unverified")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        missing = [k for k in ("model", "target", "preprocessing", "inputs", "outputs") if not manifest.get(k)]
-        if missing:
-            raise KeyError(", ".join(missing))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"manifest {path.name} is not a readable edgehybrid manifest ({type(exc).__name__}: "
-                         f"{exc}); re-export the artifact") from exc
-    from edgehybrid.manifest import artifact_digest
-
-    sha, _ = artifact_digest(artifact)
-    if manifest.get("sha256") and sha != manifest["sha256"]:
+        sha, _ = artifact_digest(artifact)
+    except OSError as exc:
+        raise InputError(f"cannot read artifact {str(artifact)!r}: {exc.strerror or exc}") from None
+    if sha != manifest["sha256"]:
         raise InputError(f"{artifact.name} does not match its manifest (sha256 {sha[:12]}... vs "
                          f"{manifest['sha256'][:12]}...): the file is corrupt or was replaced; re-export it")
     return manifest
@@ -190,13 +192,14 @@ def open_session(manifest: dict, artifact: Path, threads: int):
 
 def run_check(artifact: Path, data: Path, *, reference: str | None = None, thresholds: Thresholds = Thresholds(),
               threads: int = 2, progress: Callable[[int, str], object] | None = None,
-              max_images: int | None = None, warn: Callable[[str], object] | None = None) -> dict:
+              max_images: int | None = None, warn: Callable[[str], object] | None = None,
+              verify: bool = True) -> dict:
     """Run the artifact and its FP32 reference over ``data``; return the report (``passed`` and ``checks``).
     ``warn`` hears, before the runtime opens the file, that the runtime is older than the manifest requires."""
     t0 = time.perf_counter()
     thresholds.check()
     artifact = Path(artifact)
-    manifest = read_manifest(artifact)
+    manifest = read_manifest(artifact, verify=verify)
     old_runtime = local_warning(manifest.get("requires"))
     if old_runtime and warn is not None:
         warn(old_runtime)

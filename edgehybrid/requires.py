@@ -70,26 +70,12 @@ def _floor_hint(target: Target) -> str:
 
 
 def manifest_requires(artifact) -> dict[str, str]:
-    """The ``requires`` of the manifest beside ``artifact`` ({} when there is no manifest, or an older one
-    without the field); a malformed field is refused, naming it."""
-    import json
-    from pathlib import Path
+    """The ``requires`` of the manifest beside ``artifact``: {} when there is none (a bare artifact profiles
+    fine) or an older one without the field; a malformed manifest is refused, naming the field."""
+    from edgehybrid.manifest_schema import load, manifest_path
 
-    path = Path(artifact).with_name(Path(artifact).name + ".manifest.json")
-    if not path.is_file():
-        return {}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"manifest {path.name} is not readable JSON ({type(exc).__name__}); re-export the "
-                         "artifact, or move the manifest away") from None
-    requires = doc.get("requires", {}) if isinstance(doc, dict) else None
-    if not isinstance(requires, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v.startswith(">=") and version_tuple(v[2:]) is not None
-            for k, v in requires.items()):
-        raise InputError(f"manifest {path.name}: 'requires' must map runtime names to '>=VERSION' strings, got "
-                         f"{json.dumps(requires)[:80]}; re-export the artifact")
-    return requires
+    path = manifest_path(artifact)
+    return load(path).get("requires", {}) if path.is_file() else {}
 
 
 def local_warning(requires: dict | None) -> str | None:

@@ -89,6 +89,11 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _names_a_global(exc):  # random bytes also fail as "unpickling": they are corrupt, not code
+            raise WeightsError(
+                f"cannot read {str(path)!r} as a PyTorch checkpoint (not a pickle torch.load can read); the file "
+                "is corrupt or truncated, download or save it again"
+            ) from exc
         raise WeightsError(
             f"refusing to load {str(path)!r}: it holds pickled Python objects beyond tensors, which could run "
             "code; convert it to .safetensors with the tool that made it"
@@ -99,6 +104,13 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
             "truncated, download or save it again"
         ) from exc
     return _unwrap(obj, path)
+
+
+def _names_a_global(exc: BaseException) -> bool:
+    """Whether torch's weights-only unpickler refused a class or function the file names (pickled code), as
+    opposed to bytes that are no pickle at all."""
+    text = str(exc)
+    return any(marker in text for marker in ("GLOBAL", "Unsupported global", "Unsupported class"))
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from edgehybrid.pipeline import ExportRequest
 from edgehybrid.requires import manifest_requires, parse_floor, satisfies, unmet
 from exporters import onnx_versions as ov
 from exporters.base import ExportOptions
+from tests.test_fuzz import _manifest as valid_manifest
 
 FIXTURE = "mobilevit_xxs.cifar10"
 
@@ -88,10 +89,10 @@ def test_a_malformed_requires_in_a_manifest_is_refused(tmp_path):
     artifact = tmp_path / "m.onnx"
     assert manifest_requires(artifact) == {}  # no manifest: nothing to compare
     manifest = tmp_path / "m.onnx.manifest.json"
-    manifest.write_text(json.dumps({"requires": {"onnxruntime": ">=1.14"}}))
+    manifest.write_text(json.dumps(valid_manifest()))
     assert manifest_requires(artifact) == {"onnxruntime": ">=1.14"}
-    manifest.write_text(json.dumps({"requires": {"onnxruntime": 1.14}}))
-    with pytest.raises(InputError, match="'requires' must map runtime names to '>=VERSION' strings"):
+    manifest.write_text(json.dumps(valid_manifest(requires={"onnxruntime": 1.14})))
+    with pytest.raises(InputError, match="field 'requires' must be an object mapping runtime names to '>=VERSION'"):
         manifest_requires(artifact)
 
 
@@ -118,9 +119,16 @@ def test_an_opset_too_old_for_the_model_names_the_op(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_tflite_floor_below_what_the_converter_wrote_is_refused(cli, tmp_path):
-    code, _, err = cli("export", FIXTURE, "-t", "tflite", "--min-runtime", "2.1", "-o", tmp_path / "out")
-    assert code == 2 and "Traceback" not in err
-    assert ("--min-runtime 2.1: this TFLite artifact needs tflite-runtime >=2.3.0 (the converter's "
-            "min_runtime_version") in err
-    assert not (tmp_path / "out").exists()
+def test_a_floor_below_what_the_file_needs_is_refused_naming_why():
+    from edgehybrid.requires import Requirement, check_floor
+    from edgehybrid.targets import get_target
+
+    tflite = get_target("tflite")
+    needs = [Requirement("tflite-runtime", "2.3.0", "the converter's min_runtime_version; op versions TRANSPOSE v4")]
+    check_floor(tflite, needs, (2, 14))  # 2.14 runs a file that needs 2.3: nothing to refuse
+    with pytest.raises(InputError, match=r"--min-runtime 2.1: this TFLite artifact needs tflite-runtime >=2.3.0 "
+                                         r"\(the converter's min_runtime_version; op versions TRANSPOSE v4\)"):
+        check_floor(tflite, needs, (2, 1))
+    check_floor(get_target("coreml"), [Requirement("iOS", "15", "Core ML specification version 6")], (16,))
+    with pytest.raises(InputError, match="needs iOS >=17"):
+        check_floor(get_target("coreml"), [Requirement("iOS", "17", "Core ML specification version 8")], (16,))
