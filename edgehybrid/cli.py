@@ -7,19 +7,24 @@ a bug in edgehybrid (``--debug`` shows its traceback).
 
 from __future__ import annotations
 
-import importlib
 
 import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from edgehybrid import __version__, console
-from edgehybrid.errors import EdgeHybridError
-
-EXIT_INTERNAL = 3
+from edgehybrid.cli_errors import (
+    CLICK_ABORT,
+    CLICK_ERROR,
+    CLICK_EXIT,
+    EXIT_INTERNAL,  # noqa: F401  (re-exported: the code for a bug)
+    Stopped,
+    internal_error,
+    signals_unwind,
+)
+from edgehybrid.errors import EXIT_USAGE, EdgeHybridError
 
 app = typer.Typer(
     name="edgehybrid",
@@ -266,6 +271,9 @@ def check_cmd(
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (for CI systems)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a Markdown report here (a PR comment)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Check an artifact whose manifest has no sha256 (or no longer matches it)."
+    ),
 ) -> None:
     """Measure an artifact's drift from its FP32 PyTorch model on real images; exit 1 when a threshold fails."""
     from edgehybrid import check as check_mod
@@ -278,7 +286,7 @@ def check_cmd(
         check_output_file(report, (".md",), "--report")
     thresholds = check_mod.Thresholds(max_top1_drop=max_top1_drop, min_agreement=min_agreement, min_cosine=min_cosine)
     result = check_mod.run_check(artifact, data, reference=reference, thresholds=thresholds, threads=threads,
-                                 progress=console.progress, warn=console.warn)
+                                 progress=console.progress, warn=console.warn, verify=not no_verify)
     if not result["runtime"]["executed"]:
         console.warn(f"{artifact.name} was not executed: {result['runtime']['reason']}; figures are "
                      f"{result['runtime']['method']}")
@@ -328,22 +336,6 @@ def ci_cmd(
         raise CheckFailedError(ci_mod.failure_line(doc))
 
 
-def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """(Exit, Abort, ClickException) classes of click and of the copy of click that typer >= 0.2x vendors
-    (``typer._click``, with ``typer.Exit`` / ``typer.Abort`` of its own): a usage error raised by either must
-    map to its exit code, not to "internal error"."""
-    errors = [click.ClickException]
-    try:
-        errors.append(importlib.import_module("typer._click.exceptions").ClickException)
-    except (ImportError, AttributeError):  # an older typer uses click itself
-        pass
-    return ((click.exceptions.Exit, typer.Exit), (click.exceptions.Abort, typer.Abort),
-            tuple(dict.fromkeys(errors)))
-
-
-_CLICK_EXIT, _CLICK_ABORT, _CLICK_ERROR = _click_exceptions()
-
-
 def _int8_default(args: list[str]) -> list[str]:
     """``--int8`` alone means ``--int8 full`` (click has no option with an optional value)."""
     out = []
@@ -359,14 +351,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _int8_default(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
-        result = app(args=args, prog_name="edgehybrid", standalone_mode=False)
+        with signals_unwind():
+            result = app(args=args, prog_name="edgehybrid", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
-    except _CLICK_EXIT as exc:
+    except CLICK_EXIT as exc:
         return exc.exit_code
-    except _CLICK_ABORT:
+    except CLICK_ABORT:  # end of input at a prompt
         console.error("aborted")
         return 130
-    except _CLICK_ERROR as exc:  # a usage error: one line that names the option, as every other error
+    except Stopped as exc:
+        console.error(exc.line)
+        return exc.exit_code
+    except KeyboardInterrupt:  # a Ctrl-C where our handler could not be installed
+        console.error("interrupted")
+        return 130
+    except CLICK_ERROR as exc:  # a usage error: one line that names the option, as every other error
         ctx = getattr(exc, "ctx", None)
         console.error(exc.format_message() + (f" (see '{ctx.command_path} -h')" if ctx is not None else ""))
         return exc.exit_code
@@ -375,15 +374,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.error("interrupted")
-        return 130
+    except OSError as exc:
+        if debug or exc.filename is None:
+            if debug:
+                raise
+            return internal_error(exc)
+        # a path the file system refused (too long, no permission, full disk ...): the path's, not a bug
+        console.error(f"cannot use {str(exc.filename)!r}: {exc.strerror or exc}; choose another path or free it")
+        return EXIT_USAGE
     except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        console.error(
-            f"internal error ({type(exc).__name__}: {first}); this is a bug in edgehybrid, "
-            "rerun with --debug for the traceback and report it"
-        )
-        return EXIT_INTERNAL
+        return internal_error(exc)

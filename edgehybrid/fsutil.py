@@ -18,10 +18,33 @@ from typing import Iterator
 from edgehybrid.errors import InputError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: what a plain open() would give a new file here: manifests and reports get the same as the artifacts
+FILE_MODE = 0o666 & ~_umask()
+STAGING_PREFIX = ".edgehybrid-staging-"
+
+
+def exists(path: Path, what: str = "path") -> bool:
+    """``path.exists()``, except that a path the file system refuses (a name too long, a loop of links, no
+    permission to look) is a one-line error naming it rather than an OSError."""
+    try:
+        os.stat(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise InputError(f"{what} {str(path)!r} cannot be used: {exc.strerror or exc}") from None
+
+
 def ensure_writable_dir(path: Path) -> Path:
     """Create ``path`` if needed and prove it is writable, or say why not in one line."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if exists(path, "output folder") and not path.is_dir():
         raise InputError(f"output path {str(path)!r} exists and is not a folder; choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -73,6 +96,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes it 0600; the artifact beside it has the umask's mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -86,12 +110,46 @@ def write_json_atomic(path: Path, document) -> None:
 
 @contextlib.contextmanager
 def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A private folder inside ``out_dir`` for work in progress; removed on exit, whatever happens."""
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".edgehybrid-staging-"))
+    """A private folder inside ``out_dir`` for work in progress; removed on exit, whatever happens (SIGINT and
+    SIGTERM unwind through here). Its name carries this host and process, so the staging folders of processes
+    that died without unwinding (SIGKILL, power loss) are recognised and removed by the next run."""
+    remove_stale_staging(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{_host()}-{os.getpid()}-"))
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders in ``out_dir`` left by dead processes of this host, and only those: a live
+    process's (another export running into the same folder) and another host's (a shared file system) stay.
+    Safe when several runs sweep at once: a folder already gone is skipped."""
+    removed = []
+    host = _host()
+    for folder in Path(out_dir).glob(STAGING_PREFIX + "*"):
+        parts = folder.name[len(STAGING_PREFIX):].split("-")  # host, pid, mkdtemp's suffix (no "-" in either)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or _alive(int(parts[1])):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -100,7 +158,7 @@ def output_dir(path: Path) -> Iterator[Path]:
     (when still empty) if the command fails, so a failed run leaves no empty output folder behind."""
     path = Path(path)
     created, p = [], path.absolute()
-    while not p.exists() and p != p.parent:
+    while not exists(p, "output folder") and p != p.parent:
         created.append(p)  # deepest first
         p = p.parent
     try:
@@ -117,7 +175,7 @@ def check_replaceable(dst: Path, is_folder: bool) -> None:
     """Refuse, before any work, to replace a folder with a file or a file with a folder: a user's folder
     that happens to have the artifact's name is theirs, not an older artifact."""
     dst = Path(dst)
-    if dst.exists() and dst.is_dir() != is_folder:
+    if exists(dst, "output") and dst.is_dir() != is_folder:
         have, want = ("a folder", "a file") if dst.is_dir() else ("a file", "a folder")
         raise InputError(f"{str(dst)!r} is {have}, and the artifact to write there is {want}; move it away or "
                          "choose another --out")
