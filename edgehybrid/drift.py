@@ -5,7 +5,7 @@ All functions take (N, C) logits (reference first) and return plain floats, so r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -121,6 +121,14 @@ class Tolerance:
         if c.top1_informative and not c.top1_agreement >= self.min_top1_agreement:
             out.append(f"top-1 agreement {c.top1_agreement:.1%} < {self.min_top1_agreement:.0%}")
         return out
+
+    def no_tighter_than(self, plan: Comparison) -> "Tolerance":
+        """This bound, loosened where the quantized graph itself is further from FP32 (``plan``): an int8
+        artifact need not match its simulation better than the simulation matches the float model. Runtimes
+        requantize in integer arithmetic (about one step per layer), so their distance from the simulation
+        grows with the plan's step size, which is the plan's own distance from FP32."""
+        return replace(self, min_cosine=min(self.min_cosine, round(plan.cosine, 6)),
+                       min_top1_agreement=min(self.min_top1_agreement, plan.top1_agreement))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -58,14 +58,19 @@ def validate(target: str, artifact, graph: nn.Module, feeds_nchw: np.ndarray, ba
     # an int8 output cannot order logits closer than its quantization step: such ties are not disagreements
     comparison = compare(reference, actual, tie=out_info.scale or 0.0)
     tolerance = record.tolerance(artifact.precision)
+    fp32 = None
+    if fp32_graph is not None:
+        with torch.no_grad():
+            fp32 = np.concatenate([fp32_graph(torch.from_numpy(b)).numpy() for b in batches])
+        plan = compare(fp32, reference)  # the quantized graph's own distance from FP32: its step size
+        tolerance = tolerance.no_tighter_than(plan)
+        result["plan_vs_fp32"] = {out_info.name: plan.to_dict()}
     failures = tolerance.failures(comparison, float(np.abs(reference).max()))
     result.update({
         "passed": not failures, "failures": failures, "tolerance": tolerance.to_dict(),
         "metrics": {out_info.name: comparison.to_dict()},
     })
-    if fp32_graph is not None:
-        with torch.no_grad():
-            fp32 = np.concatenate([fp32_graph(torch.from_numpy(b)).numpy() for b in batches])
+    if fp32 is not None:
         result["reference"] = "the quantized PyTorch graph (the same int8 plan, simulated)"
         result["drift_vs_fp32"] = {out_info.name: compare(fp32, actual).to_dict()}
     elif Precision.parse(artifact.precision) is Precision.INT8_WEIGHTS:
