@@ -26,6 +26,12 @@ def _no_staging_left(out: Path) -> bool:
     return not any(p.name.startswith(".edgehybrid-staging-") for p in out.iterdir())
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("model", MODELS)
 def test_export_validates_against_pytorch(model, target, tmp_path, cli):
@@ -36,6 +42,11 @@ def test_export_validates_against_pytorch(model, target, tmp_path, cli):
     assert artifact.exists() and (tmp_path / f"{artifact.name}.manifest.json").exists()
     assert json.loads((tmp_path / f"{artifact.name}.manifest.json").read_text()) == m
     assert _no_staging_left(tmp_path)
+    # the manifest gets the permissions the artifact has (the umask's), not mkstemp's private 0600
+    manifest_mode = (tmp_path / f"{artifact.name}.manifest.json").stat().st_mode & 0o777
+    artifact_file = artifact if artifact.is_file() else next(p for p in artifact.rglob("*") if p.is_file())
+    assert manifest_mode == artifact_file.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert m["requires"] and all(spec.startswith(">=") for spec in m["requires"].values())
     assert m["model"] == model and m["target"] == target and m["precision"] == "fp32"
     assert len(m["sha256"]) == 64 and m["size_bytes"] > 100_000
     assert m["inputs"][0]["shape"][0] == 1 and m["outputs"][0]["shape"] == [1, 1000]

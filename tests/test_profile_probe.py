@@ -77,7 +77,13 @@ def _check_figures(doc: dict, artifact: Path) -> None:
 
 def test_onnx_figures(onnx_profile, artifacts):
     _check_figures(onnx_profile, artifacts["onnx"])
-    assert onnx_profile["runtime"] == "onnxruntime" and onnx_profile["backend"] == "onnxruntime CPUExecutionProvider"
+    import onnxruntime
+
+    assert onnx_profile["runtime"] == "onnxruntime"
+    assert onnx_profile["backend"] == f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
+    assert onnx_profile["runtime_version"] == onnxruntime.__version__ 
+    # the manifest's minimum reached the probe, and this runtime meets it
+    assert onnx_profile["requirement"] == {"requires": {"onnxruntime": ">=1.14"}, "met": True, "warning": None}
     assert onnx_profile["input"] == {"name": "input", "shape": [1, 3, 256, 256], "dtype": "float32"}
     assert onnx_profile["memory"]["arena_mb"] > 0  # from the per-op profile
 
