@@ -20,7 +20,7 @@ import torch
 
 from calibration.preprocess import IMAGE_SUFFIXES, load_pixels, normalize
 from calibration.sources import data_path
-from edgehybrid.drift import compare
+from edgehybrid.drift import compare, points_change
 from edgehybrid.errors import InputError, suggest
 from edgehybrid.requires import local_warning
 from edgehybrid.runtimes import run_batched
@@ -347,7 +347,7 @@ def markdown(report: dict) -> str:
     if report["data"]["labelled"]:
         lines += [f"| top-1 reference | {m['reference_top1_pct']:.2f}% |",
                   f"| top-1 artifact | {m['artifact_top1_pct']:.2f}% |",
-                  f"| top-1 drop | {m['top1_drop_pts']:.2f} pts |"]
+                  f"| top-1 change | {points_change(m['top1_drop_pts'], 2)} |"]
         if "artifact_top5_pct" in m:
             lines.append(f"| top-5 reference / artifact | {m['reference_top5_pct']:.2f}% / {m['artifact_top5_pct']:.2f}% |")
     sqnr = "inf" if m["sqnr_db"] is None else f"{m['sqnr_db']:.1f} dB"
@@ -355,10 +355,10 @@ def markdown(report: dict) -> str:
               f"| SQNR | {sqnr} |", "", "| check | result |", "| --- | --- |"]
     lines += [f"| {c['name']} | {'pass' if c['passed'] else '**FAIL**'}: {c['message']} |" for c in report["checks"]]
     if report["worst_classes"]:
-        lines += ["", "Worst classes:", "", "| class | images | reference | artifact | drop |",
+        lines += ["", "Worst classes:", "", "| class | images | reference | artifact | change |",
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['class']} | {c['images']} | {c['reference_top1_pct']:.1f}% | {c['artifact_top1_pct']:.1f}% | "
-                  f"{c['drop_pts']:+.1f} |" for c in report["worst_classes"]]
+                  f"{points_change(c['drop_pts'])} |" for c in report["worst_classes"]]
     return "\n".join(lines) + "\n"
 
 

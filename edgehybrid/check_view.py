@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from edgehybrid.drift import points_change
+
 
 def render(r: dict, out: Console) -> None:
     m, rt = r["metrics"], r["runtime"]
@@ -19,7 +21,7 @@ def render(r: dict, out: Console) -> None:
     table.add_row("reference", r["reference"])
     if r["data"]["labelled"]:
         table.add_row("top-1", f"reference {m['reference_top1_pct']:.2f}%, artifact {m['artifact_top1_pct']:.2f}% "
-                      f"(drop {m['top1_drop_pts']:.2f} pts)")
+                      f"({points_change(m['top1_drop_pts'], 2)})")
         if "artifact_top5_pct" in m:
             table.add_row("top-5", f"reference {m['reference_top5_pct']:.2f}%, artifact {m['artifact_top5_pct']:.2f}%")
     sqnr = "inf" if m["sqnr_db"] is None else f"{m['sqnr_db']:.1f} dB"
@@ -27,6 +29,6 @@ def render(r: dict, out: Console) -> None:
     for c in r["checks"]:
         table.add_row(c["name"], ("pass: " if c["passed"] else "FAIL: ") + c["message"])
     if r["worst_classes"]:
-        table.add_row("worst classes", ", ".join(f"{c['class']} {c['artifact_top1_pct']:.0f}% ({c['drop_pts']:+.1f})"
+        table.add_row("worst classes", ", ".join(f"{c['class']} {c['artifact_top1_pct']:.0f}% ({points_change(c['drop_pts'])})"
                                                  for c in r["worst_classes"][:3]))
     out.print(table)

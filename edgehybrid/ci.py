@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgehybrid.drift import signed
 from edgehybrid.errors import CheckFailedError, InputError, UnknownNameError
 from edgehybrid.targets import Precision
 
@@ -528,14 +529,14 @@ def markdown(doc: dict) -> str:
     for j in doc["jobs"]:
         m, lat, b = j["metrics"], j["latency"], j["baseline"] or {}
         acc = (f"{m['reference_top1_pct']:.2f}% / {m['artifact_top1_pct']:.2f}%" if "artifact_top1_pct" in m else "-")
-        drop = f"{m['top1_drop_pts']:.2f}" if "top1_drop_pts" in m else "-"
+        drop = signed(m["top1_drop_pts"]).lstrip("+") if "top1_drop_pts" in m else "-"
         agree = f"{m['top1_agreement_pct']:.1f}%" if m else "-"
         cos = f"{m['cosine']:.5f}" if m else "-"
         lat_ms = f"{lat['artifact_ms']:.2f}" if lat else "not run"
         ratio = f"{lat['ratio']:.3f}x" if lat else "-"
         vs = b.get("status", "-")
         if "latency_change" in b:
-            vs = f"latency {b['latency_change']:+.0%}, top-1 {b.get('top1_change_pts', 0):+.2f}"
+            vs = f"latency {b['latency_change']:+.0%}, top-1 {signed(b.get('top1_change_pts', 0))}"
         status = j["status"].upper() if j["status"] == "failed" else j["status"]
         if m and not m.get("executed", True):
             status += " (simulated)"

@@ -54,16 +54,26 @@ def _root(
 ) -> None:
     """Export hybrid attention + convolution vision models for edge devices."""
     console.route_warnings(debug)
+    console.DEBUG = debug
 
 
 @app.command("models")
 def models_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (a list of models) on stdout."),
     family: Optional[str] = typer.Option(None, "--family", help="Only this family, e.g. mobilevit."),
+    tags: bool = typer.Option(False, "--tags", help="List every checkpoint tag instead: bundled (offline) or hub."),
 ) -> None:
     """List every model in the zoo: family, kind, parameters, MACs, input size, published accuracy and latency."""
     from edgehybrid import zoo_view
 
+    if tags:
+        rows = zoo_view.checkpoint_rows()
+        rows = [r for r in rows if family is None or r["model"] in {m["name"] for m in zoo_view.model_rows(family)}]
+        if json_out:
+            console.print_json(rows)
+        else:
+            zoo_view.render_tags(rows, console.out_console())
+        return
     rows = zoo_view.model_rows(family)
     if json_out:
         console.print_json(rows)
@@ -287,6 +297,7 @@ def check_cmd(
     thresholds = check_mod.Thresholds(max_top1_drop=max_top1_drop, min_agreement=min_agreement, min_cosine=min_cosine)
     result = check_mod.run_check(artifact, data, reference=reference, thresholds=thresholds, threads=threads,
                                  progress=console.progress, warn=console.warn, verify=not no_verify)
+    console.info(f"checked {artifact.name} on {result['metrics']['images']} images in {result['seconds']:.1f}s")
     if not result["runtime"]["executed"]:
         console.warn(f"{artifact.name} was not executed: {result['runtime']['reason']}; figures are "
                      f"{result['runtime']['method']}")

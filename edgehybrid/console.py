@@ -5,8 +5,11 @@ Keeping the two apart is what lets ``--json`` print exactly one JSON document on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import warnings
 
 from rich.console import Console
@@ -51,6 +54,36 @@ def _escape(text: str) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     warn(str(message))
+
+
+#: set by the CLI's --debug: native libraries' own stderr output is shown, not held back
+DEBUG = False
+
+
+@contextlib.contextmanager
+def native_stderr_quiet():
+    """What C/C++ libraries write straight to file descriptor 2 (absl's "All log messages before
+    absl::InitializeLog()", TensorFlow's "oneDNN custom operations are on", LiteRT's "Created TensorFlow Lite
+    XNNPACK delegate") goes to a temporary file for the duration, then is dropped: converter chatter, not
+    the user's business. With ``--debug`` (or where fd 2 cannot be redirected) nothing is held back."""
+    if DEBUG:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def route_warnings(debug: bool = False) -> None:

@@ -68,12 +68,27 @@ def compare(reference: np.ndarray, actual: np.ndarray, tie: float = 0.0) -> Comp
     )
 
 
+def points_change(drop_pts: float, digits: int = 1) -> str:
+    """An accuracy change in words, one convention everywhere: ``lost 2.0 pts``, ``gained 0.2 pts``,
+    ``no change`` (a drop that rounds to zero is no change, never ``-0.0``)."""
+    shown = round(float(drop_pts), digits)
+    if shown == 0:
+        return "no change"
+    return f"{'lost' if shown > 0 else 'gained'} {abs(shown):.{digits}f} pts"
+
+
+def signed(value: float, digits: int = 2) -> str:
+    """``+1.25`` / ``-0.50`` / ``0.00``: a signed figure that never prints ``-0.00``."""
+    shown = round(float(value), digits)
+    return f"{0.0:.{digits}f}" if shown == 0 else f"{shown:+.{digits}f}"
+
+
 def top1_text(metrics: dict) -> str:
     """The top-1 agreement of a serialized :class:`Comparison`, or why it was not assessed."""
     if metrics.get("top1_informative", True):
         return f"top-1 agreement {metrics['top1_agreement']:.0%}"
-    return (f"top-1 agreement not assessed (the reference gives the same logits for every input, spread "
-            f"{metrics['reference_spread']:.1e}: random weights?)")
+    return (f"top-1 agreement not assessed: the reference model gives nearly the same logits for every image "
+            f"(spread {metrics['reference_spread']:.1e} of their size), as untrained weights do")
 
 
 def top1_agreement(ref: np.ndarray, act: np.ndarray, tie: float = 0.0) -> float:

@@ -14,12 +14,16 @@ def render_summary(m: dict, out: Console) -> None:
     table.add_column("value")
     inp, outp = m["inputs"][0], m["outputs"][0]
     table.add_row("artifact", f"{m['artifact']} ({m['size_bytes'] / 1e6:.2f} MB)")
-    table.add_row("input", f"{inp['name']} {inp['shape']} {inp['dtype']} {inp.get('layout') or ''}".strip())
-    table.add_row("output", f"{outp['name']} {outp['shape']} {outp['dtype']}")
-    pre = m["preprocessing"]
-    where = "in the graph (feed raw 0..255 RGB pixels)" if pre["in_graph"] else "before the model"
-    table.add_row("preprocessing", f"resize {pre['resize']}, crop {pre['crop']}, /{pre['value_scale']:g}, "
-                  f"mean {pre['mean']}, std {pre['std']}, {pre['channel_order']}: {where}")
+    table.add_row("input", _tensor(inp))
+    table.add_row("output", _tensor(outp))
+    table.add_row("preprocessing", preprocessing_text(m["preprocessing"]))
+    q = m.get("quantization") or {}
+    if q.get("layers_on_target"):
+        from edgehybrid.int8 import plan_line
+
+        table.add_row("int8 plan", plan_line(q["layers_on_target"], m["target"]).split(": ", 1)[1])
+    if m.get("requires"):
+        table.add_row("runs on", ", ".join(f"{k} {v}" for k, v in m["requires"].items()))
     v = m["validation"]
     metrics = v.get("metrics")
     if metrics:
@@ -40,3 +44,42 @@ def render_summary(m: dict, out: Console) -> None:
     table.add_row("time", ", ".join(f"{k} {t:.2f}s" for k, t in m["timings_s"].items() if "." not in k))
     table.add_row("manifest", m["artifact"] + ".manifest.json")
     out.print(table)
+    steps = next_steps(m)
+    if steps:
+        out.print("next:\n" + "\n".join(f"  {cmd}" for cmd in steps), markup=False, highlight=False)
+
+
+def _tensor(t: dict) -> str:
+    text = f"{t['name']} {t['shape']} {t['dtype']} {t.get('layout') or ''}".strip()
+    if t.get("scale") is not None:  # an int8 input or output: the device quantizes with exactly these
+        text += f", scale {t['scale']:.6g}, zero point {t.get('zero_point') or 0}"
+    return text
+
+
+def preprocessing_text(pre: dict) -> str:
+    """The preprocessing as steps a reader can follow, and who does them."""
+    steps = (f"resize the shorter side to {pre['resize']}, centre-crop {pre['crop'][0]}x{pre['crop'][1]}, "
+             f"divide by {pre['value_scale']:g}, subtract mean {pre['mean']}, divide by std {pre['std']}, "
+             f"{pre['channel_order']} channel order")
+    if pre.get("in_graph"):
+        return f"inside the model: feed raw 0..255 {pre['channel_order']} pixels after the resize and crop"
+    return f"{steps}; the caller does this before feeding the model"
+
+
+def next_steps(m: dict) -> list[str]:
+    """The natural next commands for this artifact, with its real path (quoted for a shell)."""
+    import shlex
+
+    from calibration.sources import BUNDLED, DATA_DIR
+    from models_zoo.zoo import parse_ref
+
+    artifact = shlex.quote(m["artifact"])
+    data = "DIR_OF_LABELLED_IMAGES"
+    try:
+        ckpt = parse_ref(m["model"])[1]
+        folder = (ckpt.calibration or "").rsplit("/", 1)[0] if ckpt is not None else ""
+        if folder and (DATA_DIR / folder / "eval").is_dir():
+            data = f"{BUNDLED}{folder}/eval"
+    except Exception:  # noqa: BLE001 - a model the zoo does not know: the placeholder stays
+        pass
+    return [f"edgehybrid check {artifact} --data {data}", f"edgehybrid profile {artifact}"]

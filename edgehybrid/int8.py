@@ -95,7 +95,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     skipped = getattr(source, "skipped", None) or []
     if skipped:
         log(f"skipped {len(skipped)} unreadable calibration file(s), e.g. {skipped[0]!r}")
-    log(f"calibrated {len(cal.layers)} layers ({method}) on {cal.samples} samples from {source.description}"
+    log(f"calibrated {len(cal.layers)} layers ({method}) on {cal.samples} samples"
         + (f"; {holdout} held out for measurement" if holdout else ""))
     apply_float_layers(cal.layers, req.float_layers, "kept in float by --float-layers")
 
@@ -121,10 +121,9 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
                          f"{4 * example.shape[0]} calibration samples (--calib, --calib-size)")
 
     graph = finalize(cal, policy)
-    n_float = sum(1 for x in cal.layers.values() if x.precision == "float")
     float_kinds = policy.float_kind_names()
-    log(f"INT8 plan: {len(cal.layers) - n_float} layers int8, {n_float} float"
-        + (f"; {', '.join(float_kinds)} in float on {exporter.name}" if float_kinds else "")
+    on_target = layers_on_target(cal.layers.values(), policy)
+    log(plan_line(on_target, exporter.name)
         + (f"; held-out output SQNR {measured['plan_sqnr_db']} dB (drift {measured['plan_drift']})"
            if "plan_sqnr_db" in measured else ""))
     report = {
@@ -138,11 +137,49 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
         "drift_metric": "relative RMS error of the logits against FP32 on held-out calibration samples",
         "measured": measured,
         "budget_steps": steps,
+        "layers_on_target": on_target,
         "layers": cal.report(policy.float_kinds),
     }
     if ranking:
         report["sensitivity"] = [{"layer": n, "sqnr_db": _db(v)} for n, v in ranking]
     return Int8Result(graph, report, ranking)
+
+
+def layers_on_target(layers, policy) -> dict:
+    """How the plan's layers run on the target: wholly int8, partly (some of their ops are kinds the target
+    runs in float), or in float (every op such a kind, or kept in float by the plan), with the kinds."""
+    fk = set(policy.float_kinds)
+    counts = {"int8": 0, "partly_float": 0, "float_on_target": 0, "float_by_plan": 0}
+    kinds: set[str] = set()
+    for layer in layers:
+        own = set(layer.kinds)
+        if layer.precision == "float":
+            counts["float_by_plan"] += 1
+        elif own and own <= fk:
+            counts["float_on_target"] += 1
+        elif own & fk:
+            counts["partly_float"] += 1
+        else:
+            counts["int8"] += 1
+        if layer.precision != "float":
+            kinds |= {k.value for k in own & fk}
+    return {**counts, "total": sum(counts.values()), "kinds_in_float": sorted(kinds)}
+
+
+def plan_line(c: dict, target: str) -> str:
+    """One plain sentence of :func:`layers_on_target`: what runs in int8 and what in float, once."""
+    text = f"INT8 plan on {target}: {c['int8']} of {c['total']} layers run wholly in int8"
+    if c["partly_float"]:
+        text += f", {c['partly_float']} partly"
+    floats = c["float_on_target"] + c["float_by_plan"]
+    if floats:
+        why = [f"{c['float_on_target']} whose ops {target} runs faster in float"] if c["float_on_target"] else []
+        why += [f"{c['float_by_plan']} kept in float by the plan"] if c["float_by_plan"] else []
+        text += f", {floats} in float ({'; '.join(why)})"
+    if c["kinds_in_float"]:
+        kinds = c["kinds_in_float"]
+        text += f"; {', '.join(kinds)} {'stays' if len(kinds) == 1 else 'stay'} float on {target}"
+    return text
 
 
 def _db(x: float) -> float | None:

@@ -150,7 +150,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
     timings["load"] = time.perf_counter() - t
     spec = loaded.spec
-    log(f"loaded {spec.name} ({loaded.weights.kind}: {loaded.weights.source}) in {timings['load']:.2f}s")
+    log(f"loaded {spec.name} with {loaded.weights.describe()} in {timings['load']:.2f}s")
 
     pixels = load_batch(images, spec.preprocessing, normalized=False)  # decode once; normalize only if needed
     graph = NormalizeInGraph(loaded.model, spec.preprocessing).eval() if options.normalize_in_graph else loaded.model

@@ -23,6 +23,7 @@ def model_row(spec: ModelSpec) -> dict:
         "name": spec.name,
         "family": spec.family,
         "kind": spec.kind,
+        "kind_note": spec.kind_note or None,
         "params": count_params(spec),
         "published_params_m": pub.params_m,
         "gmacs": pub.gmacs,
@@ -54,25 +55,85 @@ def render_table(rows: list[dict], out: Console) -> None:
     table = Table(title="edgehybrid model zoo", title_justify="left")
     for col, justify in [
         ("model", "left"), ("family", "left"), ("kind", "left"), ("params", "right"), ("GMACs", "right"),
-        ("input", "right"), ("top-1 %", "right"), ("latency ms", "right"), ("latency device", "left"),
+        ("input", "right"), ("top-1 %", "right"), ("published latency (its own device and runtime)", "left"),
     ]:
         table.add_column(col, justify=justify, no_wrap=col == "model")
     kind_style = {"hybrid": "cyan", "attention": "magenta", "convolution": "green"}
     for r in rows:
+        kind = f"[{kind_style.get(r['kind'], 'white')}]{r['kind']}[/]" + (f" {r['kind_note']}" if r.get("kind_note") else "")
+        latency = f"{r['latency_ms']:.1f} ms on {r['latency_device']}" if r["latency_ms"] is not None else "-"
         table.add_row(
             r["name"],
             r["family"],
-            f"[{kind_style.get(r['kind'], 'white')}]{r['kind']}[/]",
+            kind,
             f"{r['params'] / 1e6:.2f}M",
             _fmt(r["gmacs"], ".2f"),
             "x".join(str(v) for v in r["input_size"][1:]),
             _fmt(r["top1"], ".1f"),
-            _fmt(r["latency_ms"], ".1f"),
-            r["latency_device"] or "-",
+            latency,
         )
     out.print(table)
     out.print("params are counted on our implementation; GMACs, top-1 and latency are the published figures "
-              "('edgehybrid info MODEL' gives their sources).", markup=False)
+              "('edgehybrid info MODEL' gives their sources). Each latency was measured on its own device and "
+              "runtime: compare rows only where those match, or measure yours with 'edgehybrid profile'.",
+              markup=False)
+    bundled = [c for c in checkpoint_rows() if c["bundled"]]
+    if bundled:
+        out.print("Bundled trained weights (they work offline; 'edgehybrid models --tags' lists every tag):",
+                  markup=False)
+        for c in bundled:
+            out.print(f"  {c['name']}: {c['trained_on']}", markup=False)
+
+
+def checkpoint_rows() -> list[dict]:
+    """Every checkpoint tag of the zoo: where its weights come from and what they were trained on."""
+    rows = []
+    for spec in registered().values():
+        for c in spec.checkpoints:
+            card = fixture_card(spec, c)
+            size = c.input_size or spec.input_size
+            rows.append({
+                "name": f"{spec.name}.{c.tag}", "model": spec.name, "bundled": c.bundled_file is not None,
+                "weights": "bundled with edgehybrid (offline)" if c.bundled_file else f"hf-hub:{c.hf_hub_id} (online)",
+                "num_classes": c.num_classes or spec.num_classes, "input_size": [3, *size],
+                "top1": round(card["val_top1"] * 100, 2) if card else spec.published.top1,
+                "trained_on": _trained_on(card) if card else "ImageNet-1k (published checkpoint)",
+                "model_card": card.get("_card") if card else None,
+            })
+    return rows
+
+
+def fixture_card(spec: ModelSpec, ckpt) -> dict | None:
+    """The bundled fixture's card (``models_zoo/fixtures/<name>.json``: trained here, measured here)."""
+    import json
+
+    from models_zoo.zoo import FIXTURES_DIR
+
+    if ckpt is None or not ckpt.bundled_file:
+        return None
+    path = FIXTURES_DIR / f"{spec.name}.{ckpt.tag}.json"
+    if not path.is_file():
+        return None
+    card = json.loads(path.read_text(encoding="utf-8"))
+    card["_card"] = str(path.with_suffix(".md").relative_to(FIXTURES_DIR.parents[1]))
+    return card
+
+
+def _trained_on(card: dict) -> str:
+    h, w = card["input_size"]
+    return (f"{card['tag'].upper() if card['tag'] == 'cifar10' else card['tag']} ({card['num_classes']} classes, "
+            f"{h}x{w}), trained here: val top-1 {card['val_top1'] * 100:.1f}% on {card['val_images']} images; "
+            f"model card {card['_card']}").replace("CIFAR10", "CIFAR-10")
+
+
+def render_tags(rows: list[dict], out: Console) -> None:
+    table = Table(title="edgehybrid checkpoints", title_justify="left")
+    for col in ("tag", "weights", "classes", "input", "top-1 %", "trained on"):
+        table.add_column(col, no_wrap=col == "tag")
+    for r in rows:
+        table.add_row(r["name"], r["weights"], str(r["num_classes"]), "x".join(map(str, r["input_size"][1:])),
+                      _fmt(r["top1"], ".1f"), r["trained_on"])
+    out.print(table)
 
 
 def model_info(ref: str, weights: str | None = None, num_classes: int | None = None,
@@ -98,6 +159,21 @@ def model_info(ref: str, weights: str | None = None, num_classes: int | None = N
     )
     if ckpt is not None:
         doc["checkpoint"] = f"{spec.name}.{ckpt.tag}"
+        card = fixture_card(spec, ckpt)
+        if ckpt.num_classes is not None:  # a tag with its own head, input and preprocessing: show those
+            doc["num_classes"] = ckpt.num_classes
+            with torch.device("meta"):
+                head = spec.builder(num_classes=ckpt.num_classes, input_size=ckpt.input_size or spec.input_size)
+            doc["params"] = sum(p.numel() for p in head.parameters())
+        if ckpt.input_size is not None:
+            doc["input_size"] = [3, *ckpt.input_size]
+        if ckpt.preprocessing is not None:
+            doc["preprocessing"] = ckpt.preprocessing.to_dict()
+        if card:
+            doc.update(top1=round(card["val_top1"] * 100, 2), trained_on=_trained_on(card),
+                       model_card=card["_card"], latency_ms=None, latency_device=None, gmacs=None,
+                       source=f"trained and measured by edgehybrid ({card['_card']}); the architecture's "
+                              f"published figures: 'edgehybrid info {spec.name}'")
     if loaded_doc is not None:
         doc["weights"] = loaded_doc
     return doc
@@ -107,9 +183,11 @@ def render_info(doc: dict, out: Console) -> None:
     table = Table(show_header=False, title=doc["name"], title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value")
-    for key in ("family", "kind", "params", "published_params_m", "gmacs", "input_size", "input_divisor",
-                "num_classes", "top1", "latency_ms", "latency_device", "default_checkpoint", "source"):
-        table.add_row(key, str(doc[key]))
+    for key in ("checkpoint", "trained_on", "model_card", "family", "kind", "kind_note", "params",
+                "published_params_m", "gmacs", "input_size", "input_divisor", "num_classes", "top1", "latency_ms",
+                "latency_device", "default_checkpoint", "source"):
+        if key in doc and doc[key] is not None:
+            table.add_row(key, str(doc[key]))
     pre = doc["preprocessing"]
     table.add_row("preprocessing", ", ".join(f"{k}={v}" for k, v in pre.items()))
     table.add_row("checkpoints", "\n".join(

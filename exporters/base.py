@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from calibration.ops import QuantPolicy
+from edgehybrid.console import native_stderr_quiet
 from edgehybrid.drift import Tolerance
 from edgehybrid.errors import MissingBackendError
 from edgehybrid.requires import Requirement
@@ -222,7 +223,7 @@ def quiet_converter(loggers: Iterable[str] = (), level: int = logging.ERROR, red
             saved_fd = os.dup(1)
             os.dup2(2, 1)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), native_stderr_quiet():
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from calibration.ops import OpKind, QuantPolicy
-from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, InputError, first_line
-from edgehybrid.requires import Requirement, parse_floor
+from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
+from edgehybrid.requires import Requirement
 from exporters import onnx_versions
 from exporters.base import (
     INPUT_NAME,
@@ -42,12 +42,6 @@ from exporters.base import (
 )
 from models_zoo.registry import ModelSpec
 
-#: 18 is the opset torch's dynamo exporter builds in (17 goes through onnxscript's version converter; asking
-#: for less silently writes 18). The file then declares the lowest opset holding its nodes as written
-#: (``onnx_versions.stamp_lowest``), 17 or 18 here, with IR version 8: ONNX Runtime >= 1.13 / 1.14. Opset 20
-#: only adds a native Gelu op (at 18 an Erf pattern); an interleaved A/B of deit_tiny / efficientformer_l1 on
-#: ORT CPU showed no latency difference.
-DEFAULT_OPSET = 18
 #: protobuf refuses to serialize a message of 2 GiB or more; leave headroom for the graph itself
 _PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 2**27
@@ -100,7 +94,7 @@ class OnnxExporter(Exporter):
             module = _ChannelsLastInput(module)
         feed = example.permute(0, 2, 3, 1).contiguous() if nhwc else example
         what = f"{spec.name} ({options.precision})"
-        opset = choose_opset(options)
+        opset = onnx_versions.choose_opset(options)
 
         with _quiet():
             t = time.perf_counter()
@@ -110,7 +104,7 @@ class OnnxExporter(Exporter):
             t = time.perf_counter()
             program = _convert(ep, feed, what, opset)
             timings["convert"] = time.perf_counter() - t
-            _check_opset(program, opset, what)
+            onnx_versions.check_opset(program, opset, what)
 
             weight_bytes = sum(
                 v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None
@@ -165,33 +159,6 @@ class OnnxExporter(Exporter):
         opset = onnx_versions.default_opset(mp)
         return [Requirement("onnxruntime", onnx_versions.ort_requirement(opset, mp.ir_version),
                             f"opset {opset}, IR version {mp.ir_version}")]
-
-
-def choose_opset(options: ExportOptions) -> int:
-    """The opset to convert at: the user's, else the default, lowered to what ``--min-runtime`` implements."""
-    if options.opset is not None:
-        return options.opset
-    if options.min_runtime is None:
-        return DEFAULT_OPSET
-    return min(DEFAULT_OPSET, onnx_versions.ort_limits(parse_floor("onnx", options.min_runtime))[0])
-
-
-def _check_opset(program, opset: int, what: str) -> None:
-    """torch.onnx writes a newer opset than asked when it cannot lower the model: name the ops that need it."""
-    declared = program.model.opset_imports.get("", opset)
-    if declared <= opset:
-        return
-    mp = program.model_proto
-    found = onnx_versions.blockers(mp, opset)
-    if not found:
-        forms = onnx_versions.newer_forms(mp, opset)
-        names = ", ".join(f"{b.op} (opset {b.since})" for b in forms[:3]) or "its graph"
-        needed = forms[0].since if forms else declared
-        raise InputError(f"torch.onnx could not write {what} at opset {opset}: {names} stay in a later opset's form, "
-                         f"which its version converter does not lower; use --opset {needed} or later (ONNX Runtime "
-                         f">= {onnx_versions.ort_requirement(needed, 0)})")
-    raise InputError(f"opset {opset} cannot hold {what}: it uses {', '.join(map(str, found[:3]))}; use --opset "
-                     f"{found[0].since} or later")
 
 
 def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, no_simplify: str = "",

@@ -17,7 +17,15 @@ import functools
 from dataclasses import dataclass
 
 from edgehybrid.errors import InputError
+from edgehybrid.requires import parse_floor
 from edgehybrid.targets import get_target
+
+#: 18 is the opset torch's dynamo exporter builds in (17 goes through onnxscript's version converter; asking
+#: for less silently writes 18). The file then declares the lowest opset holding its nodes as written
+#: (:func:`stamp_lowest`), 17 or 18 here, with IR version 8: ONNX Runtime >= 1.13 / 1.14. Opset 20
+#: only adds a native Gelu op (at 18 an Erf pattern); an interleaved A/B of deit_tiny / efficientformer_l1 on
+#: ORT CPU showed no latency difference.
+DEFAULT_OPSET = 18
 
 #: ONNX Runtime release -> (newest ai.onnx opset, newest IR version) it implements, from ONNX Runtime's
 #: compatibility table (onnxruntime.ai/docs/reference/compatibility.html). Only the releases the opsets of
@@ -185,3 +193,30 @@ def _elem_types(mp) -> set[int]:
         if v.type.HasField("tensor_type"):
             types.add(v.type.tensor_type.elem_type)
     return types
+
+
+def choose_opset(options) -> int:
+    """The opset to convert at: the user's, else the default, lowered to what ``--min-runtime`` implements."""
+    if options.opset is not None:
+        return options.opset
+    if options.min_runtime is None:
+        return DEFAULT_OPSET
+    return min(DEFAULT_OPSET, ort_limits(parse_floor("onnx", options.min_runtime))[0])
+
+
+def check_opset(program, opset: int, what: str) -> None:
+    """torch.onnx writes a newer opset than asked when it cannot lower the model: name the ops that need it."""
+    declared = program.model.opset_imports.get("", opset)
+    if declared <= opset:
+        return
+    mp = program.model_proto
+    found = blockers(mp, opset)
+    if not found:
+        forms = newer_forms(mp, opset)
+        names = ", ".join(f"{b.op} (opset {b.since})" for b in forms[:3]) or "its graph"
+        needed = forms[0].since if forms else declared
+        raise InputError(f"torch.onnx could not write {what} at opset {opset}: {names} stay in a later opset's form, "
+                         f"which its version converter does not lower; use --opset {needed} or later (ONNX Runtime "
+                         f">= {ort_requirement(needed, 0)})")
+    raise InputError(f"opset {opset} cannot hold {what}: it uses {', '.join(map(str, found[:3]))}; use --opset "
+                     f"{found[0].since} or later")

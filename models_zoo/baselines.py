@@ -291,6 +291,7 @@ register(ModelSpec(
     name="mobilenetv3_large_100",
     family="mobilenetv3",
     kind="convolution",
+    kind_note="with squeeze-and-excitation channel attention",
     builder=mobilenetv3_large_100,
     input_size=(224, 224),
     preprocessing=_IMAGENET_224,

@@ -276,7 +276,7 @@ _PREPROCESSING = Preprocessing(resize=235, crop=(224, 224), interpolation="bicub
 _SOURCE = (
     "params/GMACs: timm model card hf.co/timm/efficientformer_{v}.snap_dist_in1k; top-1: timm "
     "results/results-imagenet.csv (efficientformer_{v}.snap_dist_in1k, 224px, crop 0.95); latency: "
-    "EfficientFormer paper (arXiv:2206.01191) Table 1 / official README, iPhone 12, CoreML"
+    "EfficientFormer paper (arXiv:2206.01191) Table 1 / official README, iPhone 12, Core ML"
 )
 # variant -> (params M, GMACs, top-1, latency ms), figures as published in the sources above
 _PUBLISHED = {
@@ -299,7 +299,7 @@ for _variant, (_params, _gmacs, _top1, _latency) in _PUBLISHED.items():
             gmacs=_gmacs,
             top1=_top1,
             latency_ms=_latency,
-            latency_device="iPhone 12 (CoreML)",
+            latency_device="iPhone 12 (Core ML)",
             source=_SOURCE.format(v=_variant),
         ),
         input_divisor=_REDUCTION,

@@ -118,6 +118,8 @@ class ModelSpec:
     input_divisor: int | None = 32
     checkpoints: tuple[Checkpoint, ...] = ()
     default_tag: str | None = None
+    # attention inside a convolution model that its kind does not say (MobileNetV3's squeeze-and-excitation)
+    kind_note: str = ""
 
     @property
     def input_size_overridable(self) -> bool:

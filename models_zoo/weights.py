@@ -45,6 +45,16 @@ class WeightsInfo:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "source": self.source, "path": self.path, "sha256": self.sha256}
 
+    def describe(self) -> str:
+        """Where the weights came from, for a reader who has not seen the code."""
+        if self.kind == "random":
+            return "random weights (no checkpoint: its accuracy figures mean nothing)"
+        if self.kind == "bundled":
+            return f"the bundled trained weights {self.source}"
+        if self.kind == "hub":
+            return f"the checkpoint {self.source}"
+        return f"the weights in {self.source}"
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()

@@ -56,6 +56,30 @@ def test_models_table_and_family_filter(cli):
     assert code == 2 and "did you mean" in err
 
 
+def test_models_shows_what_works_offline_and_every_tag(cli):
+    code, out, _ = cli("models")
+    assert code == 0 and "Bundled trained weights (they work offline" in out
+    assert "mobilevit_xxs.cifar10: CIFAR-10 (10 classes, 64x64), trained here: val top-1 82.1%" in out
+    assert "each latency was measured on its own device" in out.lower().replace("\n", " ")
+    assert "CoreML" not in out  # one spelling: Core ML
+    code, out, _ = cli("models", "--tags", "--json")
+    tags = {r["name"]: r for r in json.loads(out)}
+    assert tags["mobilevit_xxs.cifar10"]["bundled"] and tags["mobilevit_xxs.cifar10"]["top1"] == 82.12
+    assert not tags["mobilevit_s.cvnets_in1k"]["bundled"] and "online" in tags["mobilevit_s.cvnets_in1k"]["weights"]
+    rows = {r["name"]: r for r in json.loads(cli("models", "--json")[1])}
+    assert rows["mobilenetv3_large_100"]["kind_note"] == "with squeeze-and-excitation channel attention"
+
+
+def test_info_on_a_bundled_tag_shows_the_fixture_not_the_imagenet_spec(cli):
+    code, out, _ = cli("info", "mobilevit_xxs.cifar10", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["num_classes"] == 10 and doc["input_size"] == [3, 64, 64]
+    assert doc["top1"] == 82.12 and doc["preprocessing"]["crop"] == [64, 64]
+    assert doc["model_card"].endswith("mobilevit_xxs.cifar10.md") and "trained here" in doc["trained_on"]
+    imagenet = json.loads(cli("info", "mobilevit_xxs", "--json")[1])
+    assert doc["params"] < imagenet["params"] and imagenet["num_classes"] == 1000  # its 10-class head
+
+
 @pytest.mark.parametrize("typo,expected", [("mobilevit_ss", "mobilevit_s"), ("efficientformer-l1", "efficientformer_l1"),
                                            ("deit_tiny", "deit_tiny_patch16_224")])
 def test_unknown_model_gets_did_you_mean(cli, typo, expected):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgehybrid.drift import MIN_SPREAD, Tolerance, compare, top1_text
+from edgehybrid.drift import MIN_SPREAD, Tolerance, compare, points_change, signed, top1_text
 
 TOL = Tolerance(atol=1e-3, rtol=0.5, min_cosine=0.98, min_top1_agreement=0.75)
 
@@ -46,3 +46,9 @@ def test_a_constant_reference_still_fails_on_cosine_and_max_abs():
     assert not c.top1_informative
     failures = TOL.failures(c, 1.0)
     assert any(f.startswith("cosine") for f in failures) and any(f.startswith("max-abs") for f in failures)
+
+
+def test_accuracy_changes_read_one_way_in_words():
+    assert points_change(2.0) == "lost 2.0 pts" and points_change(-0.2) == "gained 0.2 pts"
+    assert points_change(-0.004, 2) == "no change" == points_change(0.04)  # never "-0.0"
+    assert signed(-0.001) == "0.00" and signed(1.234) == "+1.23" and signed(-0.5) == "-0.50"

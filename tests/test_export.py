@@ -69,7 +69,8 @@ def test_export_validates_against_pytorch(model, target, tmp_path, cli):
         assert m["inputs"][0]["layout"] == "NCHW"
 
 
-@pytest.mark.parametrize("target", TARGETS)
+# the wrapper is target-independent: ONNX runs by default, the others with --runslow
+@pytest.mark.parametrize("target", [t if t == "onnx" else pytest.param(t, marks=pytest.mark.slow) for t in TARGETS])
 def test_normalize_in_graph_takes_raw_pixels(target, tmp_path):
     m = run_export(ExportRequest(model="mobilevitv2_050", target=target, out_dir=tmp_path, weights="random",
                                  options=ExportOptions(normalize_in_graph=True)))
@@ -174,3 +175,8 @@ def test_export_summary_for_people(tmp_path, cli):
     code, out, err = cli("export", "mobilenetv2_100", "--target", "onnx", "--weights", "random", "--out", tmp_path)
     assert code == 0 and "validation" in out and "passed" in out
     assert "exported onnx" in err and "validated on 8 images" in err
+    # what to do next, with the real path; and where it runs
+    artifact = f"{tmp_path}/mobilenetv2_100.onnx"
+    assert f"edgehybrid check {artifact} --data DIR_OF_LABELLED_IMAGES" in out
+    assert f"edgehybrid profile {artifact}" in out and "runs on" in out and "onnxruntime >=1." in out
+    assert "the caller does this before feeding the model" in out

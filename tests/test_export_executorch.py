@@ -62,7 +62,7 @@ def test_profile_and_check_run_the_pte(cli, fixture_fp32):
 
 def test_int8_keeps_the_plans_float_layers_visible_in_the_delegation_report(cli, tmp_path):
     floated = "stages.0.0.conv2_kxk.conv"  # one convolution kept float by the user
-    code, out, err = cli("export", "mobilevit_xxs.cifar10", "-t", "executorch", "--int8", "--calib-size", "48",
+    code, out, err = cli("export", "mobilevit_xxs.cifar10", "-t", "executorch", "--int8", "--calib-size", "16",
                          "--float-layers", floated, "-o", tmp_path, "--json")
     assert code == 0, err
     m = json.loads(out)

@@ -220,7 +220,8 @@ def _export(cli, tmp_path, target, *extra):
     return result, out
 
 
-@pytest.mark.parametrize("target", ["onnx", "tflite", "coreml"])
+# Core ML's int8 export also runs in test_check.py (exported, then checked on 500 images): slow here
+@pytest.mark.parametrize("target", ["onnx", "tflite", pytest.param("coreml", marks=pytest.mark.slow)])
 def test_int8_export_validates_on_every_target(cli, tmp_path, target):
     result, out = _export(cli, tmp_path, target, "--calib-size", "16")
     assert result[0] == 0, result[2]
@@ -231,6 +232,23 @@ def test_int8_export_validates_on_every_target(cli, tmp_path, target):
     assert "drift_vs_fp32" in m["validation"]
     layers = m["quantization"]["layers"]
     assert layers and all(row["precision"] in ("int8", "float") and row["reason"] for row in layers)
+    # the plan's one line and the summary count what runs in float on this target, once, as the manifest does
+    on = m["quantization"]["layers_on_target"]
+    assert on["total"] == len(layers) == on["int8"] + on["partly_float"] + on["float_on_target"] + on["float_by_plan"]
+    assert sorted(on["kinds_in_float"]) == on["kinds_in_float"]
+    assert set(on["kinds_in_float"]) <= set(m["quantization"]["target_float_kinds"])
+    assert f"INT8 plan on {target}: {on['int8']} of {on['total']} layers run wholly in int8" in result[2]
+    from io import StringIO
+
+    from rich.console import Console
+
+    from edgehybrid import export_view
+
+    shown = StringIO()
+    export_view.render_summary(m, Console(file=shown, width=400))
+    assert f"{on['int8']} of {on['total']} layers run wholly in int8" in shown.getvalue()
+    if m["inputs"][0]["scale"] is not None:  # the two numbers a device needs to quantize its input
+        assert f"scale {m['inputs'][0]['scale']:.6g}, zero point {m['inputs'][0]['zero_point']}" in shown.getvalue()
     if target == "onnx":
         ort = m["details"]["onnxruntime_optimized_ops"]["integer_kernels"]
         assert ort.get("QLinearConv", 0) > 0 and ort.get("QGemm", 0) > 0  # fused int8 kernels, not float islands

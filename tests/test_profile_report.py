@@ -106,8 +106,16 @@ def test_markdown_for_a_pull_request(profiles):
     setup = [line for line in md.splitlines() if line.startswith("Setup:")]
     assert setup == [("Setup: Test CPU @ 3.0GHz (8 cores, linux, Python 3.11.7) on local · threads 2 · warm-up 10 · "
                       "40 runs  ")]
-    assert "- mobilevit_s.tflite: no per-op timing" in md
+    # what is true for each runtime: ONNX Runtime has per-op time behind --per-op, LiteRT's Python API none
+    assert "- mobilevit_s.tflite: no per-op timing: litert's Python API exposes none" in md
     assert "- mobilevit_s.mlpackage (coreml) could not run: Core ML runs only on macOS" in md
+    assert "| mean ms | std ms | min ms | max ms |" in md and "p50 vs first" in md
+
+
+def test_one_artifact_has_no_comparison_columns(profiles):
+    md = to_markdown(to_json(profiles[:1]))
+    assert "vs first" not in md and "| mean ms | std ms | min ms | max ms |" in md
+    assert "vs first" not in to_html(to_json(profiles[:1]))
 
 
 def test_markdown_setup_per_artifact_when_they_differ(profiles):

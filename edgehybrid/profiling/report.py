@@ -33,10 +33,20 @@ _TOP_OPS = 12  # op types shown per artifact; the rest are summed into the table
 _COLUMNS = [
     ("artifact_name", "artifact", "{}"), ("runtime", "runtime", "{}"), ("size_mb", "size MB", "{:.2f}"),
     ("load_ms", "load ms", "{:.1f}"), ("p50_ms", "p50 ms", "{:.2f}"), ("p90_ms", "p90 ms", "{:.2f}"),
-    ("p99_ms", "p99 ms", "{:.2f}"), ("throughput_ips", "img/s", "{:.1f}"), ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"), ("mean_ms", "mean ms", "{:.2f}"), ("std_ms", "std ms", "{:.2f}"),
+    ("min_ms", "min ms", "{:.2f}"), ("max_ms", "max ms", "{:.2f}"), ("throughput_ips", "img/s", "{:.1f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
     ("peak_above_baseline_mb", "above baseline MB", "{:.1f}"), ("p50_ratio", "p50 vs first", "{:.2f}x"),
     ("memory_ratio", "memory vs first", "{:.2f}x"),
 ]
+_RATIOS = ("p50_ratio", "memory_ratio")
+#: runtimes whose Python API exposes per-op time (the probe's --per-op); the others say why not in the probe
+PER_OP_RUNTIMES = ("onnxruntime",)
+
+
+def _columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The comparison's columns: the "vs first" ratios only when there is something to compare."""
+    return [c for c in _COLUMNS if len(rows) > 1 or c[0] not in _RATIOS]
 
 
 def _ok(profile: dict) -> bool:
@@ -68,6 +78,7 @@ def comparison(profiles: list[dict]) -> list[dict]:
         row |= {
             "size_mb": p.get("size_bytes", 0) / 1e6, "load_ms": p.get("load_ms"),
             "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "p99_ms": lat.get("p99"),
+            "mean_ms": lat.get("mean"), "std_ms": lat.get("std"), "min_ms": lat.get("min"), "max_ms": lat.get("max"),
             "throughput_ips": p.get("throughput_ips"), "peak_rss_mb": mem.get("peak_rss_mb"),
             "peak_above_baseline_mb": mem.get("peak_above_baseline_mb"),
             "p50_ratio": _ratio(lat.get("p50"), base["latency_ms"].get("p50")),
@@ -115,8 +126,10 @@ def _notes(profiles: list[dict]) -> list[str]:
     for p in profiles:
         if not _ok(p):
             notes.append(f"{_name(p)} ({p.get('runtime') or 'runtime ?'}) could not run: {p.get('error')}")
-        elif not p.get("per_op"):
+        elif not p.get("per_op") and p.get("runtime") in PER_OP_RUNTIMES:
             notes.append(f"{_name(p)}: no per-op timing (profile with --per-op to get it)")
+        elif not p.get("per_op"):
+            notes.append(f"{_name(p)}: no per-op timing: {p.get('runtime')}'s Python API exposes none")
         elif p["per_op"].get("missing"):
             notes.append(f"{_name(p)}: per-op timing unavailable: {p['per_op']['missing']}")
     return notes
@@ -135,10 +148,10 @@ def to_markdown(doc: dict) -> str:
     """A pull-request comment: summary table, category shares, setup line, notes."""
     profiles, rows = doc["profiles"], doc["comparison"]
     out = ["### edgehybrid profile", "",
-           "| " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
-           "|" + "|".join(" --- " if k in ("artifact_name", "runtime") else " ---: " for k, _, _ in _COLUMNS) + "|"]
+           "| " + " | ".join(title for _, title, _ in _columns(rows)) + " |",
+           "|" + "|".join(" --- " if k in ("artifact_name", "runtime") else " ---: " for k, _, _ in _columns(rows)) + "|"]
     for row in rows:
-        out.append("| " + " | ".join(_md(_cell(row, k, f)) for k, _, f in _COLUMNS) + " |")
+        out.append("| " + " | ".join(_md(_cell(row, k, f)) for k, _, f in _columns(rows)) + " |")
     with_ops = [p for p in profiles if _has_ops(p)]
     if with_ops:
         out += ["", "**Where the time goes** (share of per-op time)", "",
@@ -276,11 +289,11 @@ def to_html(doc: dict) -> str:
     """A self-contained page: comparison, latency distribution, per-op and category plots, setup."""
     profiles, rows = doc["profiles"], doc["comparison"]
     e = html.escape
-    table = ["<table id='comparison'><tr>" + "".join(f"<th>{e(t)}</th>" for _, t, _ in _COLUMNS) + "</tr>"]
+    table = ["<table id='comparison'><tr>" + "".join(f"<th>{e(t)}</th>" for _, t, _ in _columns(rows)) + "</tr>"]
     for row in rows:
         cls = "error" if row.get("error") else ("baseline" if row.get("baseline") else "")
         cells = "".join(f"<td{'' if k in ('artifact_name', 'runtime') else ' class=num'}>{e(_cell(row, k, f))}</td>"
-                        for k, _, f in _COLUMNS)
+                        for k, _, f in _columns(rows))
         table.append(f"<tr class='{cls}'>{cells}</tr>")
     table.append("</table>")
     parts = [(f"<h1>edgehybrid profile</h1><p class='meta'>{e(doc.get('created', ''))} · edgehybrid "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgehybrid.console import native_stderr_quiet
 from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, UnknownNameError
 from exporters.base import TensorInfo, version_of
 
@@ -101,8 +102,10 @@ class LiteRTSession:
         if not path.is_file():
             raise InputError(f"TFLite model {str(path)!r} does not exist or is not a file")
         try:
-            self._interpreter = module.Interpreter(model_path=str(path), num_threads=max(1, int(threads)), **options)
-            self._interpreter.allocate_tensors()
+            with native_stderr_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self._interpreter = module.Interpreter(model_path=str(path), num_threads=max(1, int(threads)),
+                                                       **options)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise InputError(f"cannot load TFLite model {str(path)!r}: not a valid .tflite file ({reason})") from exc
