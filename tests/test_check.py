@@ -100,7 +100,9 @@ def test_damaged_model_fails_with_exit_1_and_names_the_threshold(cli, tmp_path):
     code, out, err = cli("check", artifact, "--data", _small_eval(tmp_path), "--reference", FIXTURE,
                          "--junit", junit)
     assert code == 1, err
-    assert "max-top1-drop" in err and "top-1 drop" in err and len(err.strip().splitlines()) == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "max-top1-drop" in errors[0] and "top-1 drop" in errors[0], err
+    assert err.startswith("checked ")  # its timing line, then the one error
     assert "FAIL" in out
     failures = ET.parse(junit).getroot().findall(".//failure")
     assert any("top-1 drop" in f.get("message") for f in failures)
