@@ -312,9 +312,12 @@ def _evaluate(t: Thresholds, m: dict, labelled: bool) -> list[dict]:
 
     if t.max_top1_drop is not None and labelled:
         v = m["top1_drop_pts"]
-        add("max-top1-drop", v, t.max_top1_drop, v <= t.max_top1_drop,
-            f"top-1 drop {v:.2f} pts <= {t.max_top1_drop:g} (reference {m['reference_top1_pct']:.2f}%, "
-            f"artifact {m['artifact_top1_pct']:.2f}%)")
+        both = f"(reference {m['reference_top1_pct']:.2f}%, artifact {m['artifact_top1_pct']:.2f}%)"
+        ok = v <= t.max_top1_drop
+        # one convention with words: a gain is never written as a negative drop
+        add("max-top1-drop", v, t.max_top1_drop, ok,
+            f"top-1 {points_change(v, 2)}; a loss of up to {t.max_top1_drop:g} pts passes {both}" if ok else
+            f"top-1 drop {v:.2f} pts <= {t.max_top1_drop:g} {both}")
     if t.min_agreement is not None:
         v = m["top1_agreement_pct"]
         add("min-agreement", v, t.min_agreement, v >= t.min_agreement,

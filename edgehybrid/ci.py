@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehybrid.drift import signed
 from edgehybrid.errors import CheckFailedError, InputError, UnknownNameError
 from edgehybrid.targets import Precision
 
@@ -314,15 +313,22 @@ def select_targets(all_jobs: list[Job], only: str | None) -> list[Job]:
 
 
 def run_ci(cfg: Config, *, shard_spec: str | None = None, update_baseline: bool = False, only_targets: str | None = None,
-           log: Callable[[str], None] = lambda _m: None, progress=None) -> dict:
+           log: Callable[[str], None] = lambda _m: None, progress=None, step=None) -> dict:
+    """Run the selected jobs. Without a baseline file the jobs run and are reported ``new`` (nothing to compare
+    with, nothing fails for it); ``doc["baseline_missing"]`` then tells the caller to say how to record one."""
     i, n = parse_shard(shard_spec)
     matrix = select_targets(jobs(cfg), only_targets)
     selected = shard(matrix, i, n)
     if not selected:  # a workflow matrix wider than the job list must not go green having checked nothing
         raise InputError(f"--shard {i}/{n} selects no job: the matrix has only {len(matrix)} job(s); "
                          f"use at most {len(matrix)} shards")
-    baseline = read_baseline(cfg.baseline) if not update_baseline else read_baseline(cfg.baseline, missing_ok=True)
+    baseline = read_baseline(cfg.baseline, missing_ok=True)  # a corrupt one is still refused
+    missing = not Path(cfg.baseline).exists()
     _check_backends(selected)
+    log(f"ci: {len(selected)} job(s)" + (f" (shard {i}/{n} of {len(matrix)})" if n > 1 else "") + ": "
+        + ", ".join(j.id for j in selected))
+    if missing and not update_baseline:
+        log(f"no baseline at {cfg.baseline}: every job runs and is reported new (compared with nothing)")
     from edgehybrid.fsutil import ensure_writable_dir
 
     ensure_writable_dir(cfg.out)
@@ -332,13 +338,14 @@ def run_ci(cfg: Config, *, shard_spec: str | None = None, update_baseline: bool 
     for k, job in enumerate(selected, 1):
         log(f"[{k}/{len(selected)}] {job.id}")
         results.append(run_job(cfg, job, artifacts, baseline.get("jobs", {}) if not update_baseline else {},
-                               log, progress))
+                               log, progress, step=step))
         r = results[-1]
-        log(f"  {r.status}" + (f": {'; '.join(r.failures)}" if r.failures else ""))
+        log(f"  {r.status} in {r.seconds:.1f}s" + (f": {'; '.join(r.failures)}" if r.failures else ""))
     doc = {
         "schema": SCHEMA, "config": str(cfg.path), "shard": f"{i}/{n}", "threads": cfg.threads,
         "tolerances": {"latency": cfg.latency_tolerance, "accuracy_pts": cfg.accuracy_tolerance},
         "baseline": str(cfg.baseline) if not update_baseline else None,
+        "baseline_missing": missing and not update_baseline,
         "jobs": [r.to_dict() for r in results],
         "passed": all(r.status != "failed" for r in results),
         "host": _host(),
@@ -358,7 +365,7 @@ def _check_backends(selected: list[Job]) -> None:
         get_exporter(target).check_available()  # a missing extra is a setup error (exit 2), not a failed job
 
 
-def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, progress) -> JobResult:
+def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, progress, step=None) -> JobResult:
     from edgehybrid.check import Thresholds, run_check
     from edgehybrid.int8 import Int8Request
     from edgehybrid.pipeline import ExportRequest, run_export
@@ -380,7 +387,8 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
     if job.precision.calibrated:
         int8 = Int8Request(calib=m.calib, calib_size=m.calib_size, method=m.calib_method)
     request = ExportRequest(model=m.name, target=job.target, out_dir=out_dir, weights=m.weights,
-                            options=ExportOptions(precision=job.precision), threads=cfg.threads, int8=int8)
+                            options=ExportOptions(precision=job.precision), threads=cfg.threads, int8=int8,
+                            progress=progress, step=step)
     try:
         manifest = run_export(request, log=lambda _m: None)
     except CheckFailedError as exc:  # the artifact did not match its own PyTorch graph: a real failure
@@ -400,7 +408,8 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
     result.failures += [f"{c['name']}: {c['message']}" for c in report["checks"] if not c["passed"]]
 
     if report["runtime"]["executed"]:
-        result.latency = measure_latency(artifact, manifest, cfg)
+        with step(f"timing {artifact.name} against FP32 PyTorch") if step else _nothing():
+            result.latency = measure_latency(artifact, manifest, cfg)
         if m.max_latency_ms is not None and result.latency["artifact_ms"] > m.max_latency_ms:
             result.failures.append(f"max-latency: median {result.latency['artifact_ms']:.2f} ms > budget "
                                    f"{m.max_latency_ms:g} ms")
@@ -411,6 +420,12 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
     result.status = "failed" if result.failures else "passed"
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _nothing():
+    from contextlib import nullcontext
+
+    return nullcontext()
 
 
 def measure_latency(artifact: Path, manifest: dict, cfg: Config) -> dict:
@@ -499,7 +514,7 @@ def write_baseline(path: Path, results: list[JobResult], old: dict) -> None:
 def compare_baseline(r: JobResult, base: dict | None, cfg: Config) -> dict:
     """Top-1 may fall by ``accuracy_tolerance`` points, the latency ratio may grow by ``latency_tolerance``."""
     if base is None:
-        return {"status": "new", "failures": [], "note": "no baseline entry; add one with --update-baseline"}
+        return {"status": "new", "failures": [], "note": "no baseline entry; record one with --update-baseline"}
     out: dict = {"status": "compared", "failures": [], "entry": base}
     now = baseline_entry(r)
     if "artifact_top1_pct" in base and "artifact_top1_pct" in now:
@@ -516,83 +531,6 @@ def compare_baseline(r: JobResult, base: dict | None, cfg: Config) -> dict:
                 f"latency regression: {now['latency_ratio']:.3f}x the FP32 PyTorch time vs baseline "
                 f"{base['latency_ratio']:.3f}x (+{growth:.0%} > {cfg.latency_tolerance:.0%})")
     return out
-
-
-# --------------------------------------------------------------------------------------------- reports
-
-
-def markdown(doc: dict) -> str:
-    verdict = "PASS" if doc["passed"] else "FAIL"
-    lines = [f"## edgehybrid ci: {verdict} (shard {doc['shard']}, {len(doc['jobs'])} jobs)", "",
-             ("| job | status | top-1 ref / artifact | drop | agreement | cosine | latency ms | vs FP32 PyTorch | "
-             "vs baseline |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for j in doc["jobs"]:
-        m, lat, b = j["metrics"], j["latency"], j["baseline"] or {}
-        acc = (f"{m['reference_top1_pct']:.2f}% / {m['artifact_top1_pct']:.2f}%" if "artifact_top1_pct" in m else "-")
-        drop = signed(m["top1_drop_pts"]).lstrip("+") if "top1_drop_pts" in m else "-"
-        agree = f"{m['top1_agreement_pct']:.1f}%" if m else "-"
-        cos = f"{m['cosine']:.5f}" if m else "-"
-        lat_ms = f"{lat['artifact_ms']:.2f}" if lat else "not run"
-        ratio = f"{lat['ratio']:.3f}x" if lat else "-"
-        vs = b.get("status", "-")
-        if "latency_change" in b:
-            vs = f"latency {b['latency_change']:+.0%}, top-1 {signed(b.get('top1_change_pts', 0))}"
-        status = j["status"].upper() if j["status"] == "failed" else j["status"]
-        if m and not m.get("executed", True):
-            status += " (simulated)"
-        lines.append(f"| {j['id']} | {status} | {acc} | {drop} | {agree} | {cos} | {lat_ms} | {ratio} | {vs} |")
-    failed = [j for j in doc["jobs"] if j["failures"]]
-    if failed:
-        lines += ["", "Failures:", ""] + [f"- `{j['id']}`: {f}" for j in failed for f in j["failures"]]
-    notes = [(j["id"], n) for j in doc["jobs"] for n in j["notes"]]
-    if notes:
-        lines += ["", "Notes:", ""] + [f"- `{i}`: {n}" for i, n in notes]
-    return "\n".join(lines) + "\n"
-
-
-def junit(doc: dict) -> str:
-    from edgehybrid.check import junit_xml
-
-    cases = []
-    for j in doc["jobs"]:
-        cls = j["id"].replace("/", ".")
-        if j["status"] == "skipped":  # a precision this target has no export for: said, not run
-            cases.append({"classname": cls, "name": "export", "passed": True, "skipped": "; ".join(j["notes"]),
-                          "message": "skipped", "seconds": 0.0})
-            continue
-        per = j["seconds"] / max(1, len(j["checks"]) + 2)
-        for c in j["checks"]:
-            cases.append({"classname": cls, "name": c["name"], "passed": c["passed"], "message": c["message"],
-                          "seconds": per})
-        export_fail = [f for f in j["failures"] if f.startswith("export:")]
-        cases.append({"classname": cls, "name": "export", "passed": not export_fail,
-                      "message": export_fail[0] if export_fail else f"exported {j['artifact']}", "seconds": per})
-        base_fail = [f for f in j["failures"] if "regression" in f or f.startswith("max-latency")]
-        skipped = None if j["latency"] else next((n for n in j["notes"] if n.startswith("latency")), None)
-        cases.append({"classname": cls, "name": "baseline", "passed": not base_fail, "skipped": None if base_fail
-                      else skipped, "message": "; ".join(base_fail) or (j["baseline"] or {}).get("status", "-"),
-                      "seconds": per})
-    return junit_xml("edgehybrid ci", cases)
-
-
-def write_reports(doc: dict, out: Path) -> list[Path]:
-    import json
-
-    from edgehybrid.fsutil import write_text_atomic
-
-    suffix = "" if doc["shard"] == "1/1" else "-shard-" + doc["shard"].replace("/", "-of-")
-    paths = [out / f"ci-report{suffix}.json", out / f"ci-report{suffix}.md", out / f"ci-junit{suffix}.xml"]
-    write_text_atomic(paths[0], json.dumps(doc, indent=2) + "\n")
-    write_text_atomic(paths[1], markdown(doc))
-    write_text_atomic(paths[2], junit(doc))
-    return paths
-
-
-def failure_line(doc: dict) -> str:
-    failed = [j for j in doc["jobs"] if j["status"] == "failed"]
-    first = failed[0]
-    more = f" (and {len(failed) - 1} more jobs)" if len(failed) > 1 else ""
-    return f"ci failed: {first['id']}: {'; '.join(first['failures'])}{more}"
 
 
 def _host() -> dict:

@@ -186,7 +186,9 @@ def export_cmd(
     request = ExportRequest(
         model=model, target=target, out_dir=out, weights=weights, options=options, num_classes=num_classes,
         input_size=input_size, images=images, threads=threads, int8=int8_request, progress=console.progress,
+        step=console.step,
     )
+    _progress(json_out)
     manifest = run_export(request, log=console.info)
     if json_out:
         console.print_json(manifest)
@@ -228,6 +230,7 @@ def profile_cmd(
         raise InputError(f"--min-time must be a positive number of seconds, got {min_time:g}")
     if runs is None and min_time is None:
         runs = 50
+    _progress(json_out)
     if report is not None:
         report_mod.check_report_path(report)  # before minutes of profiling, not after
     remote = None
@@ -240,11 +243,12 @@ def profile_cmd(
         name = resolve_runtime(artifact, runtime, local=remote is None)
         where = device or "this machine"
         console.info(f"profiling {artifact} on {name} ({where}, {threads} threads)")
-        if remote is not None:
-            result = profile_remote(remote, artifact, name, threads, warmup, runs, min_time, per_op,
-                                    python=device_python, identity=identity)
-        else:
-            result = profile_local(artifact, name, threads, warmup, runs, min_time, per_op)
+        with console.step(f"timing {artifact.name} on {name}"):
+            if remote is not None:
+                result = profile_remote(remote, artifact, name, threads, warmup, runs, min_time, per_op,
+                                        python=device_python, identity=identity)
+            else:
+                result = profile_local(artifact, name, threads, warmup, runs, min_time, per_op)
         warning = (result.get("requirement") or {}).get("warning")
         if warning:
             console.warn(warning)
@@ -295,6 +299,7 @@ def check_cmd(
     if report is not None:
         check_output_file(report, (".md",), "--report")
     thresholds = check_mod.Thresholds(max_top1_drop=max_top1_drop, min_agreement=min_agreement, min_cosine=min_cosine)
+    _progress(json_out)
     result = check_mod.run_check(artifact, data, reference=reference, thresholds=thresholds, threads=threads,
                                  progress=console.progress, warn=console.warn, verify=not no_verify)
     console.info(f"checked {artifact.name} on {result['metrics']['images']} images in {result['seconds']:.1f}s")
@@ -329,22 +334,33 @@ def ci_cmd(
     from dataclasses import replace
 
     from edgehybrid import ci as ci_mod
+    from edgehybrid import ci_report
     from edgehybrid.errors import CheckFailedError
 
     cfg = ci_mod.load_config(config)
     cfg = replace(cfg, baseline=baseline or cfg.baseline, out=out or cfg.out)
     ci_mod.parse_shard(shard)
     ci_mod.select_targets(ci_mod.jobs(cfg), targets)
+    _progress(json_out)
     doc = ci_mod.run_ci(cfg, shard_spec=shard, update_baseline=update_baseline, only_targets=targets,
-                       log=console.info)
-    for path in ci_mod.write_reports(doc, cfg.out):
+                        log=console.info, progress=console.progress, step=console.step)
+    for path in ci_report.write_reports(doc, cfg.out):
         console.info(f"wrote {path}")
     if json_out:
         console.print_json(doc)
     else:
-        console.out_console().print(ci_mod.markdown(doc), markup=False)
+        ci_report.render(doc, console.out_console())
+    if doc["baseline_missing"]:
+        given = [("--config", config), ("--baseline", baseline), ("--out", out), ("--shard", shard),
+                 ("--targets", targets)]
+        console.info(ci_report.record_hint([str(a) for flag, v in given if v is not None for a in (flag, v)]))
     if not doc["passed"]:
-        raise CheckFailedError(ci_mod.failure_line(doc))
+        raise CheckFailedError(ci_report.failure_line(doc))
+
+
+def _progress(json_out: bool) -> None:
+    """Progress displays on stderr, but none under --json (whose reader is a program)."""
+    console.SHOW_PROGRESS = not json_out
 
 
 def _int8_default(args: list[str]) -> list[str]:

@@ -100,16 +100,41 @@ def route_warnings(debug: bool = False) -> None:
     warnings.filterwarnings("always", category=EdgeHybridWarning)
 
 
+#: progress displays (bars and spinners) on stderr; the CLI turns them off for --json
+SHOW_PROGRESS = True
+
+
+def _live() -> bool:
+    return SHOW_PROGRESS and err.is_terminal
+
+
 def progress(total: int, label: str = "calibrating") -> Progress:
     """A progress bar on stderr for ``total`` items: call it with each count done, ``close()`` it at the end
     (also when the work stops early: skipped files or a failure). Quiet when stderr is no terminal."""
     return Progress(total, label)
 
 
+@contextlib.contextmanager
+def step(label: str):
+    """A spinner with ``label`` and the seconds elapsed, on stderr, for one step of unknown length (a
+    conversion, a validation); it disappears when the step ends, whose caller logs the timing line. Quiet
+    when stderr is no terminal or progress is off."""
+    if not _live():
+        yield
+        return
+    from rich.progress import Progress as Bar
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = Bar(SpinnerColumn(), TextColumn(label, markup=False), TimeElapsedColumn(), console=err, transient=True)
+    bar.add_task(label, total=None)
+    with bar:
+        yield
+
+
 class Progress:
     def __init__(self, total: int, label: str):
         self._bar = None
-        if not err.is_terminal:
+        if not _live():
             return
         from rich.progress import (
             BarColumn,

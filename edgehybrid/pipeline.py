@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -57,6 +58,11 @@ class ExportRequest:
     int8: Int8Request | None = None  # calibration and plan options, for calibrated int8 only
     # total -> a callable advanced with each count done, with close(): a progress bar (edgehybrid.console.progress)
     progress: Callable[[int], Callable[[int], None]] | None = field(default=None, compare=False)
+    # label -> a context manager shown while one long step runs (a spinner: edgehybrid.console.step)
+    step: Callable[[str], AbstractContextManager] | None = field(default=None, compare=False)
+
+    def stepping(self, label: str) -> AbstractContextManager:
+        return self.step(label) if self.step is not None else nullcontext()
 
     @property
     def precision(self) -> Precision:
@@ -147,7 +153,8 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     options = req.options
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
+    with req.stepping(f"loading {req.model}"):
+        loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
     timings["load"] = time.perf_counter() - t
     spec = loaded.spec
     log(f"loaded {spec.name} with {loaded.weights.describe()} in {timings['load']:.2f}s")
@@ -171,7 +178,8 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     with staging_dir(out_dir) as stage:
         staged = stage / final_path.name
         t = time.perf_counter()
-        artifact = exporter.export(graph, example, spec, options, staged)
+        with req.stepping(f"converting to {exporter.target.title} ({options.precision})"):
+            artifact = exporter.export(graph, example, spec, options, staged)
         timings["export"] = time.perf_counter() - t
         timings.update({f"export.{k}": v for k, v in artifact.timings_s.items()})
         log(f"exported {req.target} ({options.precision}) in {timings['export']:.2f}s: "
@@ -184,8 +192,9 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         artifact.details["requires_from"] = {r.runtime: r.source for r in requirements}
 
         t = time.perf_counter()
-        validation = validate(req.target, artifact, graph, feeds_nchw, options.batch, req.threads, images,
-                              fp32_graph)
+        with req.stepping(f"validating against PyTorch on {len(images)} images"):
+            validation = validate(req.target, artifact, graph, feeds_nchw, options.batch, req.threads, images,
+                                  fp32_graph)
         timings["validate"] = time.perf_counter() - t
         log(_describe_validation(validation, timings["validate"]))
 

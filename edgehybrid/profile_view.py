@@ -10,15 +10,16 @@ def render(doc: dict, out: Console) -> None:
     profiles = doc["profiles"]
     first = profiles[0]
     table = Table(title="edgehybrid profile", title_justify="left")
-    for col in ("artifact", "runtime", "size MB", "load ms", "p50 ms", "p90 ms", "p99 ms", "img/s",
-                "peak MB", "+model MB", "p50 vs first"):
+    cols = ["artifact", "runtime", "size MB", "load ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak MB", "+model MB"]
+    compare = len(profiles) > 1  # one artifact has nothing to be compared with
+    for col in cols + (["p50 vs first"] if compare else []):
         table.add_column(col, justify="left" if col in ("artifact", "runtime") else "right")
     for p, row in zip(profiles, doc["comparison"]):
         lat, mem = p["latency_ms"], p["memory"]
         table.add_row(
             p["artifact_name"], p["runtime"], f"{p['size_bytes'] / 1e6:.2f}", f"{p['load_ms']:.1f}",
             f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{p['throughput_ips']:.1f}",
-            f"{mem['peak_rss_mb']:.0f}", f"{mem['peak_above_baseline_mb']:.0f}", _ratio(row),
+            f"{mem['peak_rss_mb']:.0f}", f"{mem['peak_above_baseline_mb']:.0f}", *([_ratio(row)] if compare else []),
         )
     out.print(table)
     m = first["machine"]

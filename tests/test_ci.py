@@ -40,6 +40,19 @@ def _config(tmp_path: Path, text: str = CONFIG) -> Path:
 
 def test_ci_runs_green_writes_reports_then_fails_on_a_baseline_it_no_longer_meets(cli, tmp_path):
     config = _config(tmp_path)
+    # A first run has no baseline: it runs, reports its job new, and says how to record one with the same options.
+    code, out, err = cli("ci", "--config", config, "--shard", "1/2")
+    assert code == 0, err
+    first = json.loads((tmp_path / "out" / "ci-report-shard-1-of-2.json").read_text())
+    assert first["baseline_missing"] and [(j["id"], j["status"], j["baseline"]["status"]) for j in first["jobs"]] == [
+        ("mobilevit_xxs.cifar10/onnx/fp32", "passed", "new")]
+    assert f"edgehybrid ci --config {config} --shard 1/2 --update-baseline" in err, err
+    assert "ci: 1 job(s) (shard 1/2 of 2): mobilevit_xxs.cifar10/onnx/fp32" in err
+    assert not (tmp_path / "baseline.json").exists()
+    # the terminal gets a table, not Markdown; the file keeps the Markdown
+    assert "| --- |" not in out and "mobilevit_xxs.cifar10/onnx/fp32" in out and "new" in out
+    assert "| mobilevit_xxs.cifar10/onnx/fp32 | passed |" in (tmp_path / "out" / "ci-report-shard-1-of-2.md").read_text()
+
     code, out, err = cli("ci", "--config", config, "--update-baseline")
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "ci-report.json").read_text())
@@ -122,9 +135,11 @@ def test_bad_ci_options_fail_with_exit_2(cli, tmp_path, args, pattern):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_baseline_is_a_clear_error(cli, tmp_path):
+def test_a_corrupt_baseline_is_refused_before_any_job_runs(cli, tmp_path):
+    (tmp_path / "baseline.json").write_text("{not json")
     code, _, err = cli("ci", "--config", _config(tmp_path))
-    assert code == 2 and "create it with: edgehybrid ci --update-baseline" in err, err
+    assert code == 2 and "is not an edgehybrid baseline" in err and "--update-baseline" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_is_parsed_with_paths_relative_to_it(tmp_path):

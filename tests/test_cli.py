@@ -113,3 +113,31 @@ def test_console_script_and_module_entry_points():
     res = subprocess.run([sys.executable, "-m", "edgehybrid", "info", "nope_model"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "unknown model 'nope_model'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_progress_shows_on_a_terminal_only_and_never_under_json(monkeypatch):
+    import io
+    import time
+
+    from rich.console import Console
+
+    from edgehybrid import console
+
+    screen = io.StringIO()
+    monkeypatch.setattr(console, "err", Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(console, "SHOW_PROGRESS", True)
+    with console.step("converting to TFLite (int8)"):
+        time.sleep(0.3)
+    bar = console.progress(4, "checking")
+    bar(4)
+    bar.close()
+    shown = screen.getvalue()
+    assert "converting to TFLite (int8)" in shown and "checking" in shown and "4/4" in shown
+
+    screen.truncate(0)
+    screen.seek(0)
+    monkeypatch.setattr(console, "SHOW_PROGRESS", False)  # what --json sets
+    with console.step("converting to TFLite (int8)"):
+        pass
+    console.progress(4, "checking").close()
+    assert screen.getvalue() == ""

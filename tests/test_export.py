@@ -180,3 +180,5 @@ def test_export_summary_for_people(tmp_path, cli):
     assert f"edgehybrid check {artifact} --data DIR_OF_LABELLED_IMAGES" in out
     assert f"edgehybrid profile {artifact}" in out and "runs on" in out and "onnxruntime >=1." in out
     assert "the caller does this before feeding the model" in out
+    # stderr is no terminal here: log lines with their timings, no spinner or bar frames
+    assert "converting to" not in err and "validating against" not in err and "\x1b[" not in err

@@ -26,6 +26,7 @@ import torch
 from calibration.preprocess import load_pixels
 from models_zoo.registry import Preprocessing
 from models_zoo.zoo import FIXTURES_DIR
+from tests.manifests import DROP, valid_manifest
 
 FIXTURE = "mobilevit_xxs.cifar10"
 SAMPLE_PER_CLASS = 3  # the default run's share of each class; the slow sweep runs every case
@@ -133,41 +134,15 @@ class _Evil:
         return (os.system, ("touch /tmp/edgehybrid-fuzz-pwned",))
 
 
-def _manifest(**changes) -> dict:
-    doc = {
-        "model": FIXTURE, "target": "onnx", "precision": "fp32", "sha256": "0" * 64,
-        "preprocessing": {"resize": 64, "crop": [64, 64], "interpolation": "bilinear", "value_scale": 255.0,
-                          "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "channel_order": "RGB",
-                          "in_graph": False},
-        "inputs": [{"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32", "layout": "NCHW",
-                    "scale": None, "zero_point": None}],
-        "outputs": [{"name": "logits", "shape": [1, 10], "dtype": "float32"}],
-        "batch": 1, "num_classes": 10, "requires": {"onnxruntime": ">=1.14"},
-    }
-    for path, value in changes.items():
-        node, keys = doc, path.split(".")
-        for k in keys[:-1]:
-            node = node[int(k)] if isinstance(node, list) else node[k]
-        last = keys[-1]
-        if value is _DROP:
-            del node[last]
-        elif isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return doc
-
-
-_DROP = object()
 MANIFESTS = {
-    "no-sha": {"sha256": _DROP}, "sha-short": {"sha256": "abc"}, "target-number": {"target": 3},
+    "no-sha": {"sha256": DROP}, "sha-short": {"sha256": "abc"}, "target-number": {"target": 3},
     "target-unknown": {"target": "tensorrt"}, "inputs-empty": {"inputs": []}, "inputs-dict": {"inputs": {}},
     "shape-text": {"inputs.0.shape": "1x3x64x64"}, "shape-negative": {"inputs.0.shape": [1, 3, -64, 64]},
     "layout-odd": {"inputs.0.layout": "CHWN"}, "scale-text": {"inputs.0.scale": "0.1"},
     "crop-three": {"preprocessing.crop": [64, 64, 3]}, "std-zero": {"preprocessing.std": [0.25, 0, 0.25]},
     "mean-nan": {"preprocessing.mean": [0.5, "nan", 0.5]}, "order-odd": {"preprocessing.channel_order": "GBR"},
     "batch-zero": {"batch": 0}, "classes-numbers": {"classes": [1, 2]}, "requires-number": {"requires": {"onnxruntime": 1.14}},
-    "preprocessing-missing": {"preprocessing": _DROP}, "model-empty": {"model": ""},
+    "preprocessing-missing": {"preprocessing": DROP}, "model-empty": {"model": ""},
 }
 
 CONFIGS = {
@@ -187,6 +162,18 @@ DEVICES = ["ssh://;rm -rf /", "http://pi@host", "ssh://", "ssh://pi@", "ssh://pi
            "ssh://-oProxyCommand=x@host", "ssh://pi@-host", "ssh://pi:pw@host", "ssh://pi@host/path", "$(reboot)"]
 
 
+# export and check options whose values are refused before any work
+OPTIONS = {
+    "opset-low": ["-t", "onnx", "--opset", "12"], "opset-high": ["-t", "onnx", "--opset", "99"],
+    "opset-not-onnx": ["-t", "tflite", "--opset", "17"], "opset-too-low-for-model": ["-t", "onnx", "--opset", "13"],
+    "min-runtime-garbage": ["-t", "onnx", "--min-runtime", "latest"],
+    "min-runtime-wrong-runtime": ["-t", "onnx", "--min-runtime", "iOS16"],
+    "min-runtime-too-old": ["-t", "onnx", "--min-runtime", "1.0"],
+    "min-runtime-below-opset": ["-t", "onnx", "--min-runtime", "1.10", "--opset", "18"],
+    "check-no-verify-missing-artifact": None,
+}
+
+
 def _cases() -> list[tuple[str, str, object]]:
     cases = [("image", name, name) for name in BAD_IMAGES]
     cases += [("calib-images", name, name) for name in BAD_IMAGES]
@@ -201,6 +188,7 @@ def _cases() -> list[tuple[str, str, object]]:
                                        "artifact-missing", "artifact-non-utf8", "data-a-file", "junit-no-folder",
                                        "report-too-long")]
     cases += [("device", d, d) for d in DEVICES]
+    cases += [("option", name, name) for name in OPTIONS]
     return cases
 
 
@@ -242,7 +230,7 @@ def _args(cls: str, case, tmp: Path) -> list:
     if cls.startswith("manifest"):
         artifact = tmp / "model.onnx"
         artifact.write_bytes(b"\x08\x07" + bytes(64))
-        text = "{not json" if case is None else json.dumps(_manifest(**MANIFESTS[case]))
+        text = "{not json" if case is None else json.dumps(valid_manifest(**MANIFESTS[case]))
         (tmp / "model.onnx.manifest.json").write_text(text)
         if cls == "manifest-check":
             return ["check", artifact, "--data", "bundled:cifar10/eval"]
@@ -250,6 +238,10 @@ def _args(cls: str, case, tmp: Path) -> list:
     if cls == "config":
         (tmp / "ci.toml").write_text(CONFIGS[case])
         return ["ci", "--config", tmp / "ci.toml", "--out", out]
+    if cls == "option":
+        if OPTIONS[case] is None:
+            return ["check", tmp / "nope.onnx", "--data", "bundled:cifar10/eval", "--no-verify"]
+        return ["export", FIXTURE, *OPTIONS[case], "-o", out]
     if cls == "device":
         artifact = tmp / "model.onnx"
         artifact.write_bytes(b"\0" * 16)
@@ -274,7 +266,7 @@ def _path_args(case: str, tmp: Path, out: Path) -> list:
         return ["check", os.fsdecode(bytes(tmp / "caf") + b"\xe9.onnx"), "--data", "bundled:cifar10/eval"]
     if case == "data-a-file":
         (tmp / "m.onnx").write_bytes(b"\0")
-        (tmp / "m.onnx.manifest.json").write_text(json.dumps(_manifest()))
+        (tmp / "m.onnx.manifest.json").write_text(json.dumps(valid_manifest()))
         return ["check", tmp / "m.onnx", "--data", tmp / "afile", "--no-verify"]
     if case == "junit-no-folder":
         return ["check", tmp / "nope.onnx", "--data", "bundled:cifar10/eval", "--junit", tmp / "no" / "r.xml"]

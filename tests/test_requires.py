@@ -14,7 +14,7 @@ from edgehybrid.pipeline import ExportRequest
 from edgehybrid.requires import manifest_requires, parse_floor, satisfies, unmet
 from exporters import onnx_versions as ov
 from exporters.base import ExportOptions
-from tests.test_fuzz import _manifest as valid_manifest
+from tests.manifests import valid_manifest
 
 FIXTURE = "mobilevit_xxs.cifar10"
 

@@ -36,7 +36,7 @@ _COLUMNS = [
     ("p99_ms", "p99 ms", "{:.2f}"), ("mean_ms", "mean ms", "{:.2f}"), ("std_ms", "std ms", "{:.2f}"),
     ("min_ms", "min ms", "{:.2f}"), ("max_ms", "max ms", "{:.2f}"), ("throughput_ips", "img/s", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
-    ("peak_above_baseline_mb", "above baseline MB", "{:.1f}"), ("p50_ratio", "p50 vs first", "{:.2f}x"),
+    ("peak_above_baseline_mb", "+model MB", "{:.1f}"), ("p50_ratio", "p50 vs first", "{:.2f}x"),
     ("memory_ratio", "memory vs first", "{:.2f}x"),
 ]
 _RATIOS = ("p50_ratio", "memory_ratio")
@@ -291,7 +291,7 @@ def to_html(doc: dict) -> str:
     e = html.escape
     table = ["<table id='comparison'><tr>" + "".join(f"<th>{e(t)}</th>" for _, t, _ in _columns(rows)) + "</tr>"]
     for row in rows:
-        cls = "error" if row.get("error") else ("baseline" if row.get("baseline") else "")
+        cls = "error" if row.get("error") else ("baseline" if row.get("baseline") and len(rows) > 1 else "")
         cells = "".join(f"<td{'' if k in ('artifact_name', 'runtime') else ' class=num'}>{e(_cell(row, k, f))}</td>"
                         for k, _, f in _columns(rows))
         table.append(f"<tr class='{cls}'>{cells}</tr>")
@@ -300,9 +300,10 @@ def to_html(doc: dict) -> str:
               f"{e(str(doc.get('edgehybrid_version', '')))}</p>"),
              "<h2>Setup</h2>" + "".join(f"<p class='meta'>{e(line)}</p>" for line in _setup_lines(profiles)),
              "<h2>Comparison</h2>" + "".join(table)
-             + "<p class='meta'>Latency is the runtime's run call alone; ratios are against the first artifact. "
-               "Memory is peak RSS of a fresh process, and above baseline is that minus RSS after importing "
-               "the runtime.</p>"]
+             + "<p class='meta'>Latency is the runtime's run call alone"
+             + ("; ratios are against the first artifact (the baseline)" if len(rows) > 1 else "")
+             + ". Memory is the peak RSS of a fresh process; +model is that minus its RSS after importing the "
+               "runtime (the model's own share).</p>"]
     notes = _notes(profiles)
     if notes:
         parts.append("<ul>" + "".join(f"<li class='note'>{e(n)}</li>" for n in notes) + "</ul>")
