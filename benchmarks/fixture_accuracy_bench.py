@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore")
 
 from calibration.preprocess import load_pixels, normalize
 from calibration.sources import DATA_DIR
-from edgehybrid.check import preprocessing_of, read_dataset, read_manifest
+from edgehybrid.drift_check import preprocessing_of, read_dataset, read_manifest
 from edgehybrid.int8 import Int8Request
 from edgehybrid.pipeline import ExportRequest, run_export
 from edgehybrid.runtimes import get_runtime, open_session, run_batched

@@ -195,3 +195,27 @@ def _macs(node: torch.fx.Node, kind: OpKind) -> int:
     if kind is OpKind.CONV:
         return int(out.numel() * node.args[1].meta["val"][0].numel())
     return int(out.numel() * node.args[0].meta["val"].shape[-1])
+
+
+#: ops that neither compute nor move values (shape bookkeeping, asserts, no-op copies)
+_BOOKKEEPING = ("sym_size", "sym_numel", "sym_stride", "_assert", "alias", "detach", "dropout", "lift_fresh",
+                "scalar_tensor", "arange", "zeros", "ones", "full", "empty", "_to_copy")
+
+
+def unplanned_ops(gm: torch.fx.GraphModule) -> list[dict]:
+    """Ops that compute but that the plan has no kind for (``erf``, ``exp``, ``cumsum`` ...): they run in
+    float between a dequantize and a quantize, never quantized by guess. One row per (op, layer), with a count,
+    in graph order, for the manifest and the log."""
+    rows: dict[tuple[str, str], dict] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or kind_of(node) is not None or passes(node):
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        op = str(getattr(node.target, "_overloadpacket", name)).replace("aten.", "")
+        if any(op.split(".")[0].startswith(b) for b in _BOOKKEEPING) or "quantize" in op:
+            continue
+        if not is_float_tensor(node):
+            continue
+        key = (op, layer_of(node))
+        rows.setdefault(key, {"op": op, "layer": key[1], "count": 0})["count"] += 1
+    return list(rows.values())

@@ -26,54 +26,22 @@ beyond the configured tolerances fails the run (exit 1) with the job and the fig
 
 from __future__ import annotations
 
+import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgehybrid.errors import CheckFailedError, InputError, UnknownNameError
+from edgehybrid.ci_config import Config, ModelConfig, load_config  # noqa: F401  (the config, re-exported)
+from edgehybrid.errors import CheckFailedError, InputError
 from edgehybrid.targets import Precision
 
 SCHEMA = "edgehybrid.ci/1"
 BASELINE_SCHEMA = "edgehybrid.ci-baseline/1"
-_CI_KEYS = {"out", "baseline", "threads", "latency_tolerance", "accuracy_tolerance", "latency_rounds",
-            "latency_runs"}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """One ``[[model]]`` table (``[defaults]`` fills what it leaves out)."""
-
-    name: str = ""
-    weights: str | None = None
-    targets: tuple[str, ...] = ("onnx", "tflite")
-    precisions: tuple[Precision | str, ...] = ("fp32", "int8")
-    data: str | None = None  # labelled (or unlabelled) evaluation images
-    max_images: int | None = None  # evaluate on N images, evenly spread over the sorted files (every class)
-    calib: str | None = None  # INT8 calibration data (default: the checkpoint's bundled images)
-    calib_size: int | None = None
-    calib_method: str | None = None  # default minmax
-    max_top1_drop: float | None = 1.0
-    min_agreement: float | None = 95.0
-    min_cosine: float | None = 0.98
-    max_latency_ms: float | None = None  # an absolute budget for the artifact's median latency (optional)
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    models: tuple[ModelConfig, ...]
-    out: Path
-    baseline: Path
-    threads: int = 2
-    latency_tolerance: float = 0.25
-    accuracy_tolerance: float = 0.5
-    latency_rounds: int = 5
-    latency_runs: int = 10
 
 
 @dataclass(frozen=True)
@@ -111,161 +79,6 @@ class JobResult:
                 "precision": self.job.precision, "status": self.status, "failures": self.failures,
                 "checks": self.checks, "metrics": self.metrics, "latency": self.latency, "baseline": self.baseline,
                 "notes": self.notes, "artifact": self.artifact, "seconds": round(self.seconds, 2)}
-
-
-# --------------------------------------------------------------------------------------------- config
-
-
-def load_config(path: Path) -> Config:
-    """Parse and check ``edgehybrid.toml``; every problem is one line naming the key and the fix."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"config {str(path)!r} is a folder; pass the TOML file, e.g. --config "
-                         f"{str(path / 'edgehybrid.toml')!r}")
-    if not path.is_file():
-        raise InputError(f"config {str(path)!r} does not exist; write an edgehybrid.toml (see docs/ci.md) or pass "
-                         "--config FILE")
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"config {path.name} is not valid TOML: {exc}") from exc
-    _known(doc, {"ci", "defaults", "model"}, "top-level table")
-    ci = doc.get("ci", {})
-    _known(ci, _CI_KEYS, "[ci] key")
-    model_keys = {f.name for f in fields(ModelConfig)}
-    defaults = doc.get("defaults", {})
-    _known(defaults, model_keys - {"name"}, "[defaults] key")
-    entries = doc.get("model", [])
-    if not isinstance(entries, list) or not entries:
-        raise InputError(f"config {path.name} lists no models; add at least one [[model]] table with a name")
-    base = path.parent
-    models = []
-    for i, entry in enumerate(entries):
-        _known(entry, model_keys, f"[[model]] #{i + 1} key")
-        merged = {**defaults, **entry}
-        if not merged.get("name"):
-            raise InputError(f"[[model]] #{i + 1} in {path.name} has no name; add name = \"mobilevit_xxs.cifar10\"")
-        models.append(_model_config(merged, base, path.name))
-    names = [m.name for m in models]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup:
-        raise InputError(f"model {dup!r} is listed twice in {path.name}; merge its [[model]] tables")
-    cfg = Config(
-        path=path, models=tuple(models),
-        out=_resolve(ci.get("out", "edgehybrid-ci"), base),
-        baseline=_resolve(ci.get("baseline", "edgehybrid-baseline.json"), base),
-        threads=_number(ci, "threads", 2, int, 1),
-        latency_tolerance=_number(ci, "latency_tolerance", 0.25, float, 0.0),
-        accuracy_tolerance=_number(ci, "accuracy_tolerance", 0.5, float, 0.0),
-        latency_rounds=_number(ci, "latency_rounds", 5, int, 1),
-        latency_runs=_number(ci, "latency_runs", 10, int, 1),
-    )
-    return cfg
-
-
-def _known(table, allowed: set[str], what: str) -> None:
-    if not isinstance(table, dict):
-        raise InputError(f"{what.split(' key')[0]} must be a table")
-    for key in table:
-        if key not in allowed:
-            raise UnknownNameError.for_choice(what, key, sorted(allowed))
-
-
-def _number(table: dict, key: str, default, kind, minimum):
-    return _checked_number(table.get(key, default), f"[ci] {key}", kind, minimum)
-
-
-def _checked_number(value, what: str, kind, low, high=None):
-    """``value`` as ``kind`` (int or float) within ``low``..``high``, or a one-line InputError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise InputError(f"{what} must be a{'n integer' if kind is int else ' number'}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
-        raise InputError(f"{what} must be {span}, got {value!r}")
-    return kind(value)
-
-
-def _resolve(value: str, base: Path) -> Path:
-    p = Path(str(value)).expanduser()
-    return p if p.is_absolute() else base / p
-
-
-# [[model]] keys and what each must hold: (kind, minimum, maximum); lists are non-empty lists of strings
-_MODEL_TYPES = {
-    "name": (str,), "weights": (str,), "data": (str,), "calib": (str,), "calib_method": (str,),
-    "targets": (list,), "precisions": (list,),
-    "max_images": (int, 1, None), "calib_size": (int, 1, None),
-    "max_top1_drop": (float, 0.0, 100.0), "min_agreement": (float, 0.0, 100.0), "min_cosine": (float, -1.0, 1.0),
-    "max_latency_ms": (float, 0.0, None),
-}
-
-
-def _check_model_types(d: dict, where: str) -> None:
-    """A wrong type or range is refused when the config loads, not when its job runs, minutes later."""
-    from calibration.annotate import CALIB_METHODS
-
-    for key, value in d.items():
-        kind, *bounds = _MODEL_TYPES[key]
-        if kind is list:
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                raise InputError(f"{key} of {where} must be a non-empty list of names, e.g. {key} = [\"onnx\"], "
-                                 f"got {value!r}")
-        elif kind is str:
-            if not isinstance(value, str) or not value:
-                raise InputError(f"{key} of {where} must be a non-empty string, got {value!r}")
-        else:
-            _checked_number(value, f"{key} of {where}", kind, *bounds)
-    if "calib_method" in d and d["calib_method"] not in CALIB_METHODS:
-        raise UnknownNameError.for_choice("calib_method", d["calib_method"], CALIB_METHODS, hint=where)
-
-
-def _model_config(d: dict, base: Path, fname: str) -> ModelConfig:
-    from calibration.sources import data_path
-    from edgehybrid.targets import get_target
-    from models_zoo.zoo import parse_ref
-
-    where = f"model {d['name']!r} in {fname}"
-    _check_model_types(d, where)
-    parse_ref(d["name"])  # unknown model or tag: a did-you-mean
-    if d.get("weights") == "random":
-        raise InputError(f"weights = \"random\" of {where} cannot be checked: the check rebuilds the PyTorch "
-                         "reference from the weights, and random ones cannot be rebuilt; use a checkpoint or a tag")
-    cfg = ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-    for t in cfg.targets:
-        get_target(t, hint=where)
-    precisions = tuple(Precision.parse(p, hint=where) for p in cfg.precisions)
-    # a precision that none of the model's targets builds is a mistake; one that some do runs there, and the
-    # other targets' jobs for it are listed as skipped (int8-weights is Core ML's alone)
-    for p in precisions:
-        if not any(get_target(t).supports(p) for t in cfg.targets):
-            raise InputError(f"precision {p.value!r} of {where} is supported by none of its targets "
-                             f"({', '.join(cfg.targets)}); drop it, or add a target that supports it")
-    calibrated = [p for p in precisions if p.calibrated]
-    given = [k for k in ("calib", "calib_size", "calib_method") if d.get(k) is not None]
-    if given and not calibrated:
-        raise InputError(f"{', '.join(given)} of {where} appl{'ies' if len(given) == 1 else 'y'} to calibrated int8 "
-                         "only, and its precisions have none; add \"int8\" or drop the key")
-    cfg = replace(cfg, precisions=precisions)
-    if cfg.data is None:
-        raise InputError(f"{where} has no data; set data = \"path/to/images\" (in [defaults] or the model)")
-    data = data_path(cfg.data, base)
-    if not data.is_dir():
-        raise InputError(f"data {str(cfg.data)!r} of {where} is not a folder ({data}); fix the path")
-    calib = cfg.calib
-    if calib is not None and calib != "synthetic":
-        cp = data_path(calib, base)
-        if not cp.exists():
-            raise InputError(f"calib {calib!r} of {where} does not exist ({cp}); fix the path")
-        calib = str(cp)
-    weights = cfg.weights
-    if weights is not None and weights != "random" and not weights.startswith("hf-hub:"):
-        weights = str(_resolve(weights, base))
-    return replace(cfg, data=str(data), calib=calib, weights=weights)
 
 
 # --------------------------------------------------------------------------------------------- matrix
@@ -366,9 +179,10 @@ def _check_backends(selected: list[Job]) -> None:
 
 
 def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, progress, step=None) -> JobResult:
-    from edgehybrid.check import Thresholds, run_check
+    from edgehybrid.drift_check import Thresholds, run_check
     from edgehybrid.int8 import Int8Request
     from edgehybrid.pipeline import ExportRequest, run_export
+    from edgehybrid.user_model import parse_source
     from exporters.base import ExportOptions
 
     t0 = time.perf_counter()
@@ -382,11 +196,14 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
         result.notes.append(f"{target.title} has no {job.precision} export (it supports "
                             f"{', '.join(p.value for p in target.precisions)})")
         return result
-    out_dir = artifacts / m.name / job.target
+    out_dir = artifacts / re.sub(r"[^A-Za-z0-9._-]", "_", m.name) / job.target
     int8 = None
     if job.precision.calibrated:
         int8 = Int8Request(calib=m.calib, calib_size=m.calib_size, method=m.calib_method)
-    request = ExportRequest(model=m.name, target=job.target, out_dir=out_dir, weights=m.weights,
+    src = parse_source(m.name, m.model_args, cfg.path.parent)  # a model of your own: paths beside the config
+    ref = m.name if src is None or src.path is None else str(src.path) + (f":{src.factory}" if src.factory else "")
+    request = ExportRequest(model=ref, target=job.target, out_dir=out_dir, weights=m.weights,
+                            model_args=dict(m.model_args or {}), card_file=Path(m.card) if m.card else None,
                             options=ExportOptions(precision=job.precision), threads=cfg.threads, int8=int8,
                             progress=progress, step=step)
     try:
@@ -433,7 +250,8 @@ def measure_latency(artifact: Path, manifest: dict, cfg: Config) -> dict:
     within this process (same threads), and their ratio: the figure that is compared across machines."""
     import torch
 
-    from edgehybrid.check import open_session, reference_model
+    from edgehybrid.drift_check import open_session
+    from edgehybrid.reference import reference_model
     from edgehybrid.runtimes import to_layout
 
     session, _, _, _ = open_session(manifest, artifact, cfg.threads)

@@ -79,7 +79,7 @@ def record_hint(options: list[str]) -> str:
 
 
 def junit(doc: dict) -> str:
-    from edgehybrid.check import junit_xml
+    from edgehybrid.drift_check import junit_xml
 
     cases = []
     for j in doc["jobs"]:

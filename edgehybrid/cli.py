@@ -105,9 +105,14 @@ def info_cmd(
         zoo_view.render_info(doc, console.out_console())
 
 
+_OWN_MODEL = ("Zoo name, optionally with a checkpoint tag (mobilevit_s.cvnets_in1k); or your own model: "
+              "path/to/file.py:factory or package.module:factory (a callable returning the nn.Module; importing "
+              "the file runs its code, as python would), or a torch.export program saved as model.pt2.")
+
+
 @app.command("export")
 def export_cmd(
-    model: str = typer.Argument(..., help="Zoo name, optionally with a checkpoint tag (mobilevit_s.cvnets_in1k)."),
+    model: str = typer.Argument(..., help=_OWN_MODEL),
     target: str = typer.Option(..., "--target", "-t", help="Artifact format: onnx, coreml, tflite or executorch."),
     weights: Optional[str] = typer.Option(
         None, "--weights", "-w",
@@ -167,6 +172,20 @@ def export_cmd(
     float_layers: Optional[str] = typer.Option(
         None, "--float-layers", help="Comma-separated layer names to keep in float (names as in the manifest)."
     ),
+    model_arg: Optional[list[str]] = typer.Option(
+        None, "--model-arg", help="A keyword argument for your factory, key=value (repeatable; JSON values: 10, "
+        "true, [1,2]; anything else is text).",
+    ),
+    card: Optional[Path] = typer.Option(
+        None, "--card", help="Model card of your own model (TOML/JSON: input_size, mean, std, classes ...); "
+        "default: FILE.toml or FILE.json beside file.py / model.pt2.",
+    ),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Your model's per-channel mean, R,G,B (e.g. 0.485,0.456,0.406)."),
+    std: Optional[str] = typer.Option(None, "--std", help="Your model's per-channel std, R,G,B (e.g. 0.229,0.224,0.225)."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="Your model's class names, one per line, in output order."),
+    preprocessing: Optional[str] = typer.Option(
+        None, "--preprocessing", help="'none': your model takes raw 0..255 RGB pixels (it normalizes itself)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document on stdout."),
 ) -> None:
     """Export MODEL to an ONNX, Core ML, TFLite or ExecuTorch artifact, validate it against PyTorch, write its manifest."""
@@ -183,10 +202,14 @@ def export_cmd(
         precision=Precision.from_flags(precision, fp16, int8), batch=batch, normalize_in_graph=normalize_in_graph,
         channels_last=False if nchw else None, opset=opset, min_runtime=min_runtime,
     )
+    from edgehybrid.model_card import card_from_flags
+    from edgehybrid.user_model import parse_model_args
+
     request = ExportRequest(
         model=model, target=target, out_dir=out, weights=weights, options=options, num_classes=num_classes,
         input_size=input_size, images=images, threads=threads, int8=int8_request, progress=console.progress,
-        step=console.step,
+        step=console.step, model_args=parse_model_args(model_arg), card_file=card,
+        card=card_from_flags(mean=mean, std=std, classes=classes, preprocessing=preprocessing),
     )
     _progress(json_out)
     manifest = run_export(request, log=console.info)
@@ -290,7 +313,7 @@ def check_cmd(
     ),
 ) -> None:
     """Measure an artifact's drift from its FP32 PyTorch model on real images; exit 1 when a threshold fails."""
-    from edgehybrid import check as check_mod
+    from edgehybrid import drift_check as check_mod
     from edgehybrid.errors import CheckFailedError
     from edgehybrid.fsutil import check_output_file, write_report_file
 

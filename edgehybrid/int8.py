@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from calibration.annotate import CalibrationMethod
+from calibration.ops import unplanned_ops
 from calibration.quantize import apply_float_layers, calibrate, capture, finalize
 from calibration.sensitivity import (
     Simulator,
@@ -85,6 +86,11 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     total = len(source)
     holdout = min(req.holdout, total // 4) // example.shape[0] * example.shape[0]
     gm = capture(model, example)
+    unplanned = unplanned_ops(gm)
+    if unplanned:
+        log(f"{sum(r['count'] for r in unplanned)} op(s) the INT8 plan has no int8 rule for stay in float (named in "
+            "the manifest): " + ", ".join(f"{r['op']} in {r['layer']}" for r in unplanned[:4])
+            + (f" and {len(unplanned) - 4} more" if len(unplanned) > 4 else ""))
     advance = progress(total) if progress else None
     try:
         cal = calibrate(gm, source.batches(16), batch_size=int(example.shape[0]), method=method,
@@ -133,6 +139,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
         "calibration": {"source": source.description, "samples": cal.samples, "method": method.value,
                         "seed": seed, "requested_size": req.calib_size, "skipped_files": len(skipped)},
         "target_float_kinds": float_kinds,
+        "unplanned_ops": unplanned,  # computing ops with no int8 rule: float, with their module
         "max_drift": req.max_drift,
         "drift_metric": "relative RMS error of the logits against FP32 on held-out calibration samples",
         "measured": measured,

@@ -39,7 +39,7 @@ def artifact_digest(path: Path) -> tuple[str, int]:
 
 
 def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings: dict,
-          quantization: dict | None = None, requires: list | None = None) -> dict:
+          quantization: dict | None = None, requires: list | None = None, source: dict | None = None) -> dict:
     spec = loaded.spec
     sha, size = artifact_digest(artifact.path)
     pre = spec.preprocessing.to_dict()
@@ -63,6 +63,8 @@ def build(*, req, loaded, artifact, final_path: Path, validation: dict, timings:
         # the oldest runtime that runs the file, read from it: {"onnxruntime": ">=1.14"} (details.requires_from: why)
         "requires": to_manifest(requires or []),
         "weights": loaded.weights.to_dict(),
+        # a model of the user's own: where it came from (file.py:factory / module:factory / .pt2, file, sha256)
+        **({"source": source} if source is not None else {}),
         "inputs": [t.to_dict() for t in artifact.inputs],
         "outputs": [t.to_dict() for t in artifact.outputs],
         "preprocessing": pre,

@@ -62,7 +62,10 @@ REQUIRES = _Field("an object mapping runtime names to '>=VERSION' strings",
 TOP = (("model", TEXT, True), ("target", TEXT, True), ("precision", TEXT, False), ("sha256", SHA, False),
        ("preprocessing", OBJECT, True), ("batch", POS_INT, False), ("num_classes", OPT_INT, False),
        ("classes", CLASSES, False), ("weights", _Field("an object or null", lambda v: v is None or isinstance(v, dict)), False),
-       ("requires", REQUIRES, False), ("validation", OBJECT, False))
+       ("requires", REQUIRES, False), ("validation", OBJECT, False), ("source", OBJECT, False))
+SOURCE = (("kind", _Field("'factory', 'pt2' or 'python'", lambda v: v in ("factory", "pt2", "python")), True),
+          ("ref", TEXT, True), ("file", TEXT, False), ("sha256", SHA, False), ("module", TEXT, False),
+          ("factory", TEXT, False), ("args", OBJECT, False))
 PREPROCESSING = (("resize", POS_INT, True), ("crop", CROP, True), ("interpolation", TEXT, False),
                  ("value_scale", POS_NUM, False), ("mean", MEAN, False), ("std", STD, False),
                  ("channel_order", ORDER, False), ("in_graph", BOOL, False))
@@ -89,6 +92,8 @@ def load(path: Path) -> dict:
         raise InputError(f"manifest {path.name} is not an edgehybrid manifest (a JSON object); re-export the artifact")
     _check(doc, TOP, "", path)
     _check(doc["preprocessing"], PREPROCESSING, "preprocessing.", path)
+    if "source" in doc:
+        _check(doc["source"], SOURCE, "source.", path)
     for key in ("inputs", "outputs"):
         tensors = doc.get(key)
         if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) for t in tensors):

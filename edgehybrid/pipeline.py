@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,8 @@ from exporters.base import ExportOptions, get_exporter
 from models_zoo import load_model
 from models_zoo.zoo import parse_ref
 from models_zoo.registry import Preprocessing
+from edgehybrid.model_card import ModelCard
+from edgehybrid.user_model import ModelSource, forward_batched, load_source, parse_source, resolve_card  # noqa: F401
 
 Log = Callable[[str], None]
 
@@ -58,6 +60,12 @@ class ExportRequest:
     int8: Int8Request | None = None  # calibration and plan options, for calibrated int8 only
     # total -> a callable advanced with each count done, with close(): a progress bar (edgehybrid.console.progress)
     progress: Callable[[int], Callable[[int], None]] | None = field(default=None, compare=False)
+    # a model of the user's own (``model`` is then file.py:factory, package.module:factory or a .pt2):
+    model_args: dict = field(default_factory=dict)  # the factory's keyword arguments (--model-arg)
+    card: ModelCard | None = None  # input size, preprocessing, classes from flags (over card_file's)
+    card_file: Path | None = None  # --card; default: the .toml/.json beside the model file
+    module: object = field(default=None, compare=False, repr=False)  # an nn.Module / ExportedProgram (Python API)
+    example: object = field(default=None, compare=False, repr=False)  # its example input (Python API)
     # label -> a context manager shown while one long step runs (a spinner: edgehybrid.console.step)
     step: Callable[[str], AbstractContextManager] | None = field(default=None, compare=False)
 
@@ -67,6 +75,26 @@ class ExportRequest:
     @property
     def precision(self) -> Precision:
         return self.options.precision
+
+    def source(self) -> ModelSource | None:
+        """Where a model of the user's own comes from; None for a zoo name."""
+        if self.module is not None:
+            return ModelSource("python", self.model)
+        return parse_source(self.model, self.model_args)
+
+    def display_name(self) -> str:
+        """The model's name in file names and reports: the zoo reference, or the card's / source's name."""
+        src = self.source()
+        if src is None:
+            return self.model
+        return self.user_card(src).name or src.name
+
+    def user_card(self, src: ModelSource) -> ModelCard:
+        """The card of a model of the user's own: flags (``input_size`` too) over its card file."""
+        flags = self.card or ModelCard()
+        if self.input_size is not None:
+            flags = replace(flags, input_size=tuple(self.input_size))
+        return resolve_card(src, flags, self.card_file)
 
     def check(self) -> Target:
         """Every rule between the options, checked before any work; returns the target. The CLI, ``ci``, the
@@ -87,7 +115,26 @@ class ExportRequest:
         if precision.calibrated:
             (self.int8 or Int8Request()).check()
         _check_versions(target, self.options)
+        self._check_model_options()
         return target
+
+    def _check_model_options(self) -> None:
+        """A zoo model brings its spec; a model of the user's own brings its weights and classes."""
+        src = self.source()
+        own = [flag for flag, given in (("--mean/--std/--classes/--preprocessing", self.card is not None),
+                                        ("--card", self.card_file is not None)) if given]
+        if src is None and own:
+            raise InputError(f"{', '.join(own)} appl{'ies' if len(own) == 1 else 'y'} to a model of your own "
+                             f"(file.py:factory, package.module:factory or a .pt2); {self.model} brings its own "
+                             "preprocessing (see 'edgehybrid info')")
+        if src is None:
+            return
+        for flag, given in (("--weights", self.weights), ("--num-classes", self.num_classes)):
+            if given is not None:
+                what = "the program holds its weights and classes" if src.kind == "pt2" else \
+                    "the factory builds the model with its weights and classes"
+                raise InputError(f"{flag} applies to zoo models; for {self.model} {what} (drop {flag})")
+
 
 
 def _check_versions(target: Target, options: ExportOptions) -> None:
@@ -142,7 +189,7 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     exporter = get_exporter(target)
     exporter.check_available()  # before any work: a missing backend is a one-line answer, not a late crash
     images = _validation_images(req)  # cheap input checks first: a typo costs no model load
-    stem = artifact_stem(req.model, req.precision)
+    stem = artifact_stem(req.display_name(), req.precision)
     check_replaceable(Path(req.out_dir) / f"{stem}{target.suffix}", target.artifact_is_folder)
     with output_dir(req.out_dir) as out_dir:  # a failed export leaves no new empty folder
         return _export_into(req, exporter, req.int8 or Int8Request(), images, out_dir, stem, log, t_start)
@@ -153,8 +200,12 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     options = req.options
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    src = req.source()
     with req.stepping(f"loading {req.model}"):
-        loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
+        if src is not None:
+            loaded = load_source(src, req.user_card(src), options.batch, req.module, req.example)
+        else:
+            loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
     timings["load"] = time.perf_counter() - t
     spec = loaded.spec
     log(f"loaded {spec.name} with {loaded.weights.describe()} in {timings['load']:.2f}s")
@@ -167,7 +218,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     if options.precision.calibrated:
         t = time.perf_counter()
         norm_example = torch.from_numpy(batched(normalize(pixels, spec.preprocessing), options.batch)[0])
-        ckpt = parse_ref(req.model)[1]
+        ckpt = parse_ref(req.model)[1] if src is None else None
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress,
                                     bundled_calib=ckpt.calibration if ckpt is not None else None)
         timings["quantize"] = time.perf_counter() - t
@@ -202,6 +253,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         manifest = manifest_mod.build(
             req=req, loaded=loaded, artifact=artifact, final_path=final_path, validation=validation, timings=timings,
             quantization=None if quant is None else quant.report, requires=requirements,
+            source=None if src is None else src.to_dict(),
         )
         if quant is not None and quant.sensitivity:
             table = final_path.with_name(final_path.name + ".sensitivity.md")

@@ -37,7 +37,7 @@ _HF_FILES = ("model.safetensors", "pytorch_model.bin")
 class WeightsInfo:
     """Where a model's weights came from, for manifests and reports."""
 
-    kind: str  # "random" | "file" | "hub" | "bundled"
+    kind: str  # "random" | "file" | "hub" | "bundled" | "user" (a model of the user's own: its factory or program)
     source: str  # what the user asked for: a path, a hub id, a tag, or "random"
     path: str | None = None  # the file actually read
     sha256: str | None = None
@@ -53,6 +53,8 @@ class WeightsInfo:
             return f"the bundled trained weights {self.source}"
         if self.kind == "hub":
             return f"the checkpoint {self.source}"
+        if self.kind == "user":
+            return f"its own weights ({self.source})"
         return f"the weights in {self.source}"
 
 

@@ -42,6 +42,7 @@ class LoadedModel:
     spec: ModelSpec  # with the class count and input size the model was built for
     weights: WeightsInfo
     classes: tuple[str, ...] | None = None
+    fixed_batch: int | None = None  # a loaded .pt2 program takes only the batch it was exported with
 
 
 def list_models() -> list[str]:

@@ -192,7 +192,7 @@ def test_bad_inputs_fail_with_exit_2_in_one_line(cli, int8_artifact, tmp_path, c
 
 
 def test_check_warns_before_running_on_a_runtime_older_than_the_manifest_requires(int8_artifact, tmp_path):
-    from edgehybrid.check import run_check
+    from edgehybrid.drift_check import run_check
 
     artifact = tmp_path / int8_artifact.name
     shutil.copy(int8_artifact, artifact)

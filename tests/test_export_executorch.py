@@ -53,7 +53,7 @@ def test_profile_and_check_run_the_pte(cli, fixture_fp32):
     prof = json.loads(out)["profiles"][0]
     assert prof["runtime"] == "executorch" and prof["latency_ms"]["p50"] > 0 and prof["memory"]["peak_rss_mb"] > 0
     assert "ETDump" in prof["per_op"]["missing"]  # said, not faked
-    from edgehybrid.check import run_check
+    from edgehybrid.drift_check import run_check
 
     report = run_check(fixture_fp32, Path("bundled:cifar10/eval"), max_images=64)
     assert report["runtime"]["executed"] and report["passed"]

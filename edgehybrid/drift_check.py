@@ -24,8 +24,9 @@ from edgehybrid.drift import compare, points_change
 from edgehybrid.errors import InputError, suggest
 from edgehybrid.requires import local_warning
 from edgehybrid.runtimes import run_batched
+from edgehybrid.reference import reference_model
+from edgehybrid.user_model import forward_batched
 from models_zoo.registry import Preprocessing
-from models_zoo.weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, sha256_file
 
 SCHEMA = "edgehybrid.check/1"
 CHUNK = 32  # images decoded at a time: memory stays flat whatever the folder holds
@@ -135,42 +136,6 @@ def read_dataset(data: Path, classes: list[str] | None) -> Dataset:
     return Dataset(paths, np.asarray(labels, dtype=np.int64), list(classes), data)
 
 
-def reference_model(manifest: dict, reference: str | None):
-    """The FP32 PyTorch model the artifact is compared with: ``--reference`` (a zoo name[.tag] or a weights
-    file for the manifest's architecture), else what the manifest says the artifact was exported from."""
-    from models_zoo import load_model
-
-    size = tuple(manifest["preprocessing"]["crop"])
-    num_classes = manifest.get("num_classes")
-    arch = manifest.get("architecture") or manifest["model"].partition(".")[0]
-    if reference is not None:
-        ref = str(reference)
-        if Path(ref).suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES or Path(ref).exists():
-            loaded = load_model(arch, weights=ref, num_classes=num_classes, input_size=size)
-        else:
-            loaded = load_model(ref, num_classes=num_classes, input_size=size)
-        return loaded, f"--reference {ref}"
-    weights = manifest.get("weights") or {}
-    kind = weights.get("kind")
-    if kind == "random":
-        raise InputError(f"{manifest['artifact']} was exported from random weights, which cannot be rebuilt; "
-                         "pass --reference MODEL or --reference WEIGHTS_FILE")
-    if kind == "file":
-        path = Path(weights.get("path") or weights.get("source") or "")
-        if not path.is_file():
-            raise InputError(f"the weights the artifact was exported from ({str(path)!r}) are not here; "
-                             "pass --reference WEIGHTS_FILE")
-        if weights.get("sha256") and sha256_file(path) != weights["sha256"]:
-            raise InputError(f"{str(path)!r} changed since the export (sha256 differs); pass --reference "
-                             "with the weights the artifact was exported from")
-        loaded = load_model(arch, weights=str(path), num_classes=num_classes, input_size=size)
-    elif kind == "hub":
-        loaded = load_model(arch, weights=weights["source"], num_classes=num_classes, input_size=size)
-    else:  # bundled, or a tagged name
-        loaded = load_model(manifest["model"], num_classes=num_classes, input_size=size)
-    return loaded, f"{manifest['model']} ({kind or 'checkpoint'} weights, from the manifest)"
-
-
 def preprocessing_of(manifest: dict) -> tuple[Preprocessing, bool]:
     p = dict(manifest["preprocessing"])
     in_graph = bool(p.pop("in_graph", False))
@@ -217,7 +182,7 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
     batch = int(manifest.get("batch") or 1)
 
     torch.set_num_threads(threads)
-    model = loaded.model.eval()
+    model = loaded.model.eval()  # a loaded program's eval() is a no-op (edgehybrid.user_model)
     refs, outs = [], []
     bar = progress(len(paths), "checking") if progress else None
     try:
@@ -226,7 +191,7 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
             pixels = np.stack([load_pixels(p, pre) for p in chunk])
             normed = normalize(pixels, pre)
             with torch.no_grad():
-                refs.append(model(torch.from_numpy(normed)).numpy())
+                refs.append(forward_batched(model, torch.from_numpy(normed), loaded.fixed_batch).numpy())
             feeds = pixels if in_graph else normed
             outs.append(run_batched(session, feeds, batch, in_info["name"], out_info["name"], in_info.get("layout")))
             if bar:
