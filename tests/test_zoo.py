@@ -17,6 +17,7 @@ def test_zoo_has_every_required_model():
         "efficientformer_l1", "efficientformer_l3", "efficientformer_l7",
         "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l",
         "mobilenetv2_100", "mobilenetv3_large_100", "deit_tiny_patch16_224",
+        "cvt_13", "cvt_21", "botnet26t_256", "efficientvit_b0", "efficientvit_b1",
     }
     assert required <= set(ALL), f"missing: {sorted(required - set(ALL))}"
 
@@ -60,7 +61,8 @@ def test_torch_export_succeeds(name):
 
 
 @pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "efficientformer_l1",
-                                  "efficientformerv2_s0", "mobilenetv2_100", "mobilenetv3_large_100"])
+                                  "efficientformerv2_s0", "mobilenetv2_100", "mobilenetv3_large_100",
+                                  "efficientvit_b0", "cvt_13"])
 def test_cifar_sized_build_with_ten_classes(name):
     # the trained fixtures are 64x64, 10 classes: the architecture must build for that without resampling
     loaded = load_model(name, weights="random", num_classes=10, input_size=(64, 64))

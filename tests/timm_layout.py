@@ -1,9 +1,11 @@
-"""Deterministic checkpoints in timm's key layout, shared by the tests and scripts/make_timm_reference.py.
+"""Deterministic checkpoints in the reference library's key layout, shared by the tests and
+scripts/make_timm_reference.py.
 
-The reference outputs in ``tests/data/timm_reference.npz`` were computed by timm's own implementation of
-each model, loaded with the state dict that :func:`deterministic_state_dict` makes from timm's keys. The
-tests make the same state dict from OUR model's keys, save it as a published-layout checkpoint, load it
-through edgehybrid's weight path and compare logits: equal keys, shapes and math give equal outputs.
+The reference outputs in ``tests/data/timm_reference.npz`` were computed by the reference library's own
+implementation of each model (timm's; transformers' for CvT; ``computed_by`` in the keys file says which),
+loaded with the state dict that :func:`deterministic_state_dict` makes from that library's keys. The tests
+make the same state dict from OUR model's keys, save it as a published-layout checkpoint, load it through
+edgehybrid's weight path and compare logits: equal keys, shapes and math give equal outputs.
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ graph ORT optimized (saved to a temp file) and from there to the artifact's node
 * category, first rule that matches: ``normalization``: a norm op type (LayerNormalization, Skip/Simplified
   LayerNormalization, BatchNormalization, InstanceNormalization, GroupNormalization ...); ``attention``:
   any other op inside an attention module (a path part ``attn``/``attention``/``self_attn``/``*_attn``, a
-  scope class named ``*Attention*``, or ``token_mixer`` when classes are unknown): the q/k/v and output
-  projections (Gemm, MatMul or 1x1 Conv), score MatMuls, Softmax and the reshapes between them; a
-  transformer's MLP is *not* attention. With no module information, Softmax, MatMuls with no weight input
+  scope class named ``*Attention*``, or ``token_mixer`` / ``context_module`` when classes are unknown): the
+  q/k/v and output projections (Gemm, MatMul or 1x1 Conv), score MatMuls, Softmax and the reshapes between
+  them; a transformer's MLP is *not* attention. With no module information, Softmax, MatMuls with no weight input
   and ORT's fused Attention ops. ``convolution``: Conv/ConvTranspose/FusedConv/QLinearConv...; ``other``:
   the rest (MLPs, activations, layout ops, pooling, head).
 * ``by_module``: module paths cut after their second numeric part (``stages.2.1.transformer.0.attn`` ->
@@ -285,7 +285,9 @@ def in_attention(path: str, classes) -> bool:
         return True
     if classes:
         return any("attention" in c.rsplit(".", 1)[-1].lower() for c in classes)
-    return "token_mixer" in parts  # weight names only: a pooling token mixer has no weights to be found by
+    # weight names only: a pooling token mixer has no weights to be found by; EfficientViT's linear attention
+    # sits in its blocks' context_module
+    return "token_mixer" in parts or "context_module" in parts
 
 
 def category(op: str, module, weightless_matmul: bool) -> str:

@@ -1,0 +1,83 @@
+"""CvT, BoTNet and EfficientViT: one variant of each family exported to every target and quantized to INT8 on
+ONNX Runtime and LiteRT, validated against PyTorch, with the ops its INT8 plan keeps in float named; near-miss
+names get a did-you-mean. (Parity with timm / transformers, strict loading of a published-layout checkpoint and
+torch.export of every variant run in test_weights.py and test_zoo.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from models_zoo import get_spec
+from tests.timm_layout import deterministic_state_dict
+
+# one variant per family; the sizes the architecture allows keep it quick (BoTNet's input size is fixed)
+FAMILIES = {"cvt_13": (64, 64), "botnet26t_256": (256, 256), "efficientvit_b0": (128, 128)}
+SLOW = pytest.mark.slow  # CI's budget: conversions above ~25 s on 2 cores run with --runslow
+
+
+def _cases(targets: list[str], fast: set[tuple[str, str]]) -> list:
+    return [pytest.param(name, t, marks=() if (name, t) in fast else SLOW, id=f"{name}-{t}")
+            for name in FAMILIES for t in targets]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A published-layout checkpoint of each variant with deterministic, non-degenerate weights: random
+    initialisation gives nearly equal logits for every image, which proves little about a conversion."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for name in FAMILIES:
+        out[name] = folder / f"{name}.safetensors"
+        save_file(deterministic_state_dict(get_spec(name).build().state_dict()), str(out[name]))
+    return out
+
+
+def _export(cli, name, checkpoints, tmp_path, *args) -> dict:
+    h, w = FAMILIES[name]
+    size = [] if get_spec(name).input_divisor is None else ["--input-size", str(h), str(w)]
+    code, out, err = cli("export", name, "--weights", checkpoints[name], *size, "-o", tmp_path, *args, "--json")
+    assert code == 0, err[-800:]
+    return json.loads(out)
+
+
+def _metrics(manifest: dict) -> dict:
+    return next(iter(manifest["validation"]["metrics"].values()))
+
+
+@pytest.mark.parametrize("name, target", _cases(
+    ["onnx", "tflite", "coreml", "executorch"],
+    {("efficientvit_b0", t) for t in ("onnx", "tflite", "coreml", "executorch")}
+    | {("botnet26t_256", t) for t in ("onnx", "tflite", "coreml")} | {("cvt_13", "onnx"), ("cvt_13", "coreml")}))
+def test_every_family_exports_to_every_target(cli, checkpoints, tmp_path, name, target):
+    m = _export(cli, name, checkpoints, tmp_path, "-t", target)
+    assert m["validation"]["passed"] and m["family"] == get_spec(name).family and m["kind"] == "hybrid"
+    assert _metrics(m)["cosine"] > 0.9999 and _metrics(m)["top1_informative"]
+
+
+@pytest.mark.parametrize("name, target", _cases(["onnx", "tflite"], {("efficientvit_b0", "onnx"),
+                                                                       ("efficientvit_b0", "tflite")}))
+def test_every_family_quantizes_to_int8_and_validates(cli, checkpoints, tmp_path, name, target):
+    m = _export(cli, name, checkpoints, tmp_path, "-t", target, "--int8", "--calib-size", "24")
+    q = m["quantization"]
+    assert m["validation"]["passed"] and q["measured"]["plan_sqnr_db"] > 15
+    layers = {row["layer"] for row in q["layers"]}
+    unplanned = {(r["op"], r["layer"].rsplit(".", 1)[-1]) for r in q["unplanned_ops"]}
+    if name == "efficientvit_b0":
+        # linear attention's normalizer: the sum of ReLU(k) and the division have no int8 rule, so stay float
+        assert any(lay.endswith("context_module.main") for lay in layers)
+        assert {("sum", "main"), ("div", "main")} <= unplanned
+    if name == "botnet26t_256":
+        assert "stages.3.1.self_attn" in layers and any(op == "index_select" for op, _ in unplanned)
+    if name == "cvt_13":
+        assert "cvt.encoder.stages.2.layers.0.attention.attention" in layers
+
+
+@pytest.mark.parametrize("typo, expected", [("efficientvit_bo", "efficientvit_b0"), ("botnet26t", "botnet26t_256"),
+                                            ("cvt13", "cvt_13")])
+def test_near_miss_names_get_a_did_you_mean(cli, typo, expected):
+    code, _, err = cli("info", typo)
+    assert code == 2 and "did you mean" in err and f"'{expected}'" in err.split("did you mean", 1)[1], err
