@@ -15,7 +15,7 @@ from models_zoo import get_spec
 from tests.timm_layout import deterministic_state_dict
 
 # one variant per family; the sizes the architecture allows keep it quick (BoTNet's input size is fixed)
-FAMILIES = {"cvt_13": (64, 64), "botnet26t_256": (256, 256), "efficientvit_b0": (128, 128)}
+FAMILIES = {"cvt_13": (64, 64), "botnet26t_256": (256, 256), "efficientvit_b0": (64, 64)}
 SLOW = pytest.mark.slow  # CI's budget: conversions above ~25 s on 2 cores run with --runslow
 
 
@@ -58,10 +58,9 @@ def test_every_family_exports_to_every_target(cli, checkpoints, tmp_path, name, 
     assert _metrics(m)["cosine"] > 0.9999 and _metrics(m)["top1_informative"]
 
 
-@pytest.mark.parametrize("name, target", _cases(["onnx", "tflite"], {("efficientvit_b0", "onnx"),
-                                                                       ("efficientvit_b0", "tflite")}))
+@pytest.mark.parametrize("name, target", _cases(["onnx", "tflite"], {("efficientvit_b0", "tflite")}))
 def test_every_family_quantizes_to_int8_and_validates(cli, checkpoints, tmp_path, name, target):
-    m = _export(cli, name, checkpoints, tmp_path, "-t", target, "--int8", "--calib-size", "24")
+    m = _export(cli, name, checkpoints, tmp_path, "-t", target, "--int8", "--calib-size", "16")
     q = m["quantization"]
     assert m["validation"]["passed"] and q["measured"]["plan_sqnr_db"] > 15
     layers = {row["layer"] for row in q["layers"]}

@@ -130,13 +130,13 @@ def test_npz_source_and_synthetic_warning(tmp_path, xxs):
 def calibrated(xxs):
     src = open_source(None, xxs.spec.preprocessing, (3, *SIZE), size=24)
     example = torch.zeros(1, 3, *SIZE)
-    return calibrate(capture(xxs.model, example), src.batches(8), holdout=8)
+    return calibrate(capture(xxs.model, example), src.batches(8), holdout=4)  # 4: sensitivity cost is per sample
 
 
 def test_calibration_finds_hybrid_layers_and_holds_samples_out(calibrated):
     kinds = {k for layer in calibrated.layers.values() for k in layer.kinds}
     assert {"conv", "linear", "matmul", "softmax", "layer_norm", "sigmoid", "mul"} <= kinds
-    assert calibrated.samples == 16 and len(calibrated.held_out) == 8
+    assert calibrated.samples == 20 and len(calibrated.held_out) == 4
 
 
 class _ScaledBranch(nn.Module):
@@ -291,15 +291,13 @@ def _same_file_other_kernels(artifact: Path, target: str) -> None:
         runtime.load(artifact, kernels="fastest")
 
 
-def test_float_layers_option_reaches_the_manifest_and_sensitivity_table(cli, tmp_path):
-    result, out = _export(cli, tmp_path, "onnx", "--calib-size", "16", "--sensitivity",
-                          "--float-layers", "stages.0.0.conv1_1x1.conv")
+def test_float_layers_option_reaches_the_manifest(cli, tmp_path):
+    # (the --sensitivity table through the CLI: tests/test_user_model.py, on a model with 16 layers, not 152)
+    result, out = _export(cli, tmp_path, "onnx", "--calib-size", "16", "--float-layers", "stages.0.0.conv1_1x1.conv")
     assert result[0] == 0, result[2]
     m = json.loads(result[1])
     row = next(r for r in m["quantization"]["layers"] if r["layer"] == "stages.0.0.conv1_1x1.conv")
     assert row["precision"] == "float" and "--float-layers" in row["reason"]
-    table = (out / "mobilevit_xxs_int8.onnx.sensitivity.md").read_text()
-    assert table.count("\n| ") >= len(m["quantization"]["layers"])
 
 
 def test_int8_bad_options_fail_cleanly(cli, tmp_path):

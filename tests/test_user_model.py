@@ -37,9 +37,12 @@ def test_a_hybrid_of_your_own_exports_to_every_target(cli, tmp_path, target):
 
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_int8_plans_your_module_paths_and_names_the_ops_it_has_no_rule_for(cli, tmp_path, target):
-    m = _export(cli, HYBRID, "-t", target, "--int8", "--float-layers", "block.attn.proj", "-o", tmp_path)
+    m = _export(cli, HYBRID, "-t", target, "--int8", "--float-layers", "block.attn.proj", "--sensitivity",
+                "-o", tmp_path)
     q = m["quantization"]
     layers = {row["layer"]: row for row in q["layers"]}
+    table = (tmp_path / (Path(m["artifact"]).name + ".sensitivity.md")).read_text()
+    assert table.count("\n| ") >= len(layers) and "`block.attn.qkv`" in table  # every layer ranked, by its path
     assert {"stem.0", "block.attn.qkv", "block.mlp.0", "head"} <= set(layers)
     assert layers["block.attn.proj"]["precision"] == "float"
     assert {"op": "erf", "layer": "block.mlp.1", "count": 1} in q["unplanned_ops"]  # the hand-written GELU
@@ -52,14 +55,27 @@ def test_int8_plans_your_module_paths_and_names_the_ops_it_has_no_rule_for(cli, 
     assert report["metrics"]["images"] == 500 and report["metrics"]["top1_agreement_pct"] >= 95
 
 
+def _labelled_subset(tmp_path: Path, per_class: int = 10) -> Path:
+    """10 images a class from the bundled CIFAR-10 validation set: accuracy that means something, quickly."""
+    from calibration.sources import data_path
+
+    src, dst = data_path(EVAL, Path.cwd()), tmp_path / "eval"
+    for cls in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            shutil.copy(f, dst / cls.name / f.name)
+    return dst
+
+
 def test_a_zoo_model_with_a_new_head_as_module_factory_then_as_pt2(cli, tmp_path, monkeypatch):
+    data = _labelled_subset(tmp_path)
     monkeypatch.chdir(HERE)  # package.module:factory imports from the working directory, as python -m does
     m = _export(cli, "finetuned:mobilevit_cifar", "-t", "onnx", "--model-arg", "dropout=0.1", "-o", tmp_path)
     assert m["architecture"] == "mobilevit_xxs_newhead" and m["source"]["module"] == "finetuned"
     assert m["source"]["args"] == {"dropout": 0.1} and m["source"]["file"] == str(HERE / "finetuned.py")
-    code, out, err = cli("check", tmp_path / "mobilevit_xxs_newhead.onnx", "--data", EVAL, "--json")
+    code, out, err = cli("check", tmp_path / "mobilevit_xxs_newhead.onnx", "--data", data, "--json")
     fp32 = json.loads(out)["metrics"]
-    assert code == 0 and fp32["reference_top1_pct"] == fp32["artifact_top1_pct"] > 80, err  # the fixture's 83.6%
+    assert code == 0 and fp32["reference_top1_pct"] == fp32["artifact_top1_pct"] > 70, err  # a trained model
 
     # the same model handed over as a saved program: no Python class needed at export time
     import finetuned
@@ -70,7 +86,7 @@ def test_a_zoo_model_with_a_new_head_as_module_factory_then_as_pt2(cli, tmp_path
     shutil.copy(HERE / "cifar10_classes.txt", tmp_path / "cifar10_classes.txt")
     m = _export(cli, program, "-t", "tflite", "-o", tmp_path / "out")
     assert m["source"]["kind"] == "pt2" and m["validation"]["passed"] and m["inputs"][0]["shape"] == [1, 64, 64, 3]
-    code, out, err = cli("check", tmp_path / "out" / "mobilevit_xxs_newhead.tflite", "--data", EVAL, "--json")
+    code, out, err = cli("check", tmp_path / "out" / "mobilevit_xxs_newhead.tflite", "--data", data, "--json")
     report = json.loads(out)
     assert code == 0 and report["metrics"]["artifact_top1_pct"] == fp32["artifact_top1_pct"], err
     assert report["reference"].startswith(str(program))

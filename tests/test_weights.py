@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from edgehybrid.errors import WeightsError
 from models_zoo import get_spec, list_models, load_model
+from tests.representatives import every_model
 from tests.timm_layout import REFERENCE_KEYS, REFERENCE_NPZ, deterministic_input, deterministic_state_dict
 
 DATA = Path(__file__).parent / "data"
@@ -45,7 +46,7 @@ def test_state_dict_layout_is_timms(name):
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}, "shapes differ"
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", every_model())
 def test_outputs_match_timm_on_a_timm_layout_checkpoint(name, tmp_path):
     path = tmp_path / f"{name}.safetensors"
     save_file(_checkpoint(name), str(path))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models_zoo import get_spec, list_models, load_model, registered
+from tests.representatives import REPRESENTATIVES, every_model
 
 ALL = list_models()
 
@@ -50,7 +51,7 @@ def test_builds_runs_and_matches_published_params(name):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", every_model())
 def test_torch_export_succeeds(name):
     spec = get_spec(name)
     model = spec.build()
@@ -70,6 +71,11 @@ def test_cifar_sized_build_with_ten_classes(name):
     with torch.no_grad():
         y = loaded.model(torch.randn(2, 3, 64, 64))
     assert y.shape == (2, 10)
+
+
+def test_every_family_has_a_representative_in_the_default_run():
+    families = {s.family for s in registered().values()}
+    assert {get_spec(n).family for n in REPRESENTATIVES} == families
 
 
 def test_kinds_cover_the_trade_off():
