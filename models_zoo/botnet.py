@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models_zoo.layers import ConvNormAct
+from models_zoo.layers import ClassifierHead, ConvNormAct
 from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, register
 
 
@@ -142,15 +142,6 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.conv3(self.conv2(self.conv1(x))))
-
-
-class ClassifierHead(nn.Module):
-    def __init__(self, in_chs: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Linear(in_chs, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 class BotNet26t(nn.Module):

@@ -81,3 +81,14 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> linear (timm's ``head.fc``)."""
+
+    def __init__(self, in_chs: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(in_chs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))

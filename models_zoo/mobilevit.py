@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models_zoo.layers import Attention, ConvNormAct, Mlp, make_divisible
+from models_zoo.layers import Attention, ClassifierHead, ConvNormAct, Mlp, make_divisible
 from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, cifar10_fixture, register
 
 PATCH_SIZE = 2
@@ -131,17 +131,6 @@ class MobileViTBlock(nn.Module):
 
         x = self.conv_proj(x)
         return self.conv_fusion(torch.cat((shortcut, x), dim=1))
-
-
-class ClassifierHead(nn.Module):
-    """Global average pool -> linear (timm's ``head.fc``)."""
-
-    def __init__(self, in_chs: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Linear(in_chs, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 class MobileViT(nn.Module):
