@@ -38,7 +38,7 @@ from models_zoo import load_model
 from models_zoo.zoo import parse_ref
 from models_zoo.registry import Preprocessing
 from edgehybrid.model_card import ModelCard
-from edgehybrid.user_model import ModelSource, forward_batched, load_source, parse_source, resolve_card  # noqa: F401
+from edgehybrid.user_model import ModelSource, load_source, parse_source, resolve_card
 
 Log = Callable[[str], None]
 

@@ -398,8 +398,8 @@ def load_source(source: ModelSource, card=None, batch: int = 1, model: nn.Module
                      preprocessing=pre, num_classes=num_classes, input_divisor=None,
                      published=Published(params_m=round(params / 1e6, 3), gmacs=None, top1=None, latency_ms=None,
                                          latency_device=None, source=source.ref))
-    path = source.to_dict().get("file")
-    weights = WeightsInfo("user", source.ref, path, source.to_dict().get("sha256") if path else None)
+    doc = source.to_dict()  # hashes the file once
+    weights = WeightsInfo("user", source.ref, doc.get("file"), doc.get("sha256"))
     return LoadedModel(module, spec, weights, classes, fixed_batch=int(shape[0]) if program else None)
 
 
