@@ -214,6 +214,8 @@ def _bad(case: str, tmp: Path) -> list:
         "mean-on-zoo-model": ["mobilevit_xxs.cifar10", "--mean", "0.5,0.5,0.5"],
         "bad-mean": [HYBRID, "--mean", "0.5,0.5"],
         "bad-card-key": [HYBRID, "--card", _card(tmp, "input_sise = [32, 32]\n")],
+        "card-missing": [HYBRID, "--card", tmp / "missing.toml"],
+        "pt2-missing": [tmp / "nope.pt2"],
         "classes-count": [HYBRID, "--classes", _card(tmp, "a\nb\n", "classes.txt")],
         "pt2-corrupt": [_write(tmp / "bad.pt2", b"PK\x03\x04 not really")],
     }
@@ -236,7 +238,7 @@ BAD = {
     "factory-rejects-arg": "unexpected keyword argument 'depth'", "no-preprocessing": "has no mean and std",
     "no-input-size": "has no input size", "size-rejected": "rejects a 1x3x48x48 input",
     "weights-on-own-model": "--weights applies to zoo models", "mean-on-zoo-model": "appl",
-    "bad-mean": "three numbers", "bad-card-key": "did you mean 'input_size'", "classes-count":
+    "bad-mean": "three numbers", "card-missing": "model card", "pt2-missing": "does not exist", "bad-card-key": "did you mean 'input_size'", "classes-count":
     "10 outputs but 2 class names", "pt2-corrupt": "not a torch.export program", "pt2-other-torch":
     "saved by a torch whose export schema", "pt2-pickled": "holds a pickled object", "pt2-batch":
     "exported for batch 1; pass --batch 1", "pt2-training-mode": "was exported in training mode", "pt2-model-arg": "--model-arg applies to a factory",
