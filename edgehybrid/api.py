@@ -5,6 +5,8 @@
                                  preprocessing=edgehybrid.Preprocessing(resize=64, crop=(64, 64), mean=..., std=...))
     report = edgehybrid.check(exported, data="val/")      # the same figures and thresholds as the CLI
     timing = edgehybrid.profile(exported)
+    table = edgehybrid.compare(["mobilenetv2_100.cifar10", "mobilevit_xxs.cifar10"], targets=["tflite"],
+                               data="bundled:cifar10/eval", budget_ms=5.0)   # rows, Pareto front, choice
 
 The CLI is a thin layer over the same library calls (``edgehybrid.pipeline.run_export``,
 ``edgehybrid.drift_check.run_check``, ``edgehybrid.profiling.local.profile_local``), so both refuse the same inputs
@@ -144,3 +146,19 @@ def profile(artifact, *, runtime: str = "auto", threads: int = 2, warmup: int = 
 
     path = artifact.path if isinstance(artifact, Exported) else Path(artifact)
     return profile_local(path, resolve_runtime(path, runtime), threads, warmup, runs, None, False)
+
+
+def compare(models, *, targets, precisions=("fp32",), data=None, out: str | Path = "compare", threads: int = 2,
+            runs: int = 50, budget_ms: float | None = None, budget_mb: float | None = None, device: str | None = None,
+            random_weights: bool = False, max_images: int | None = None, fresh: bool = False) -> dict:
+    """Export, check and profile every model x target x precision and rank them (the ``--json`` document of
+    ``edgehybrid compare``): ``rows``, ``fronts`` (the Pareto front per target) and ``choice`` (the most
+    accurate candidate within the budget, or the closest when none fits; None without a budget)."""
+    from edgehybrid.compare import Budget, CompareRequest, run_compare
+
+    if isinstance(models, str) or isinstance(targets, str) or isinstance(precisions, str):
+        raise InputError("models, targets and precisions are lists, e.g. targets=['tflite']")
+    return run_compare(CompareRequest(
+        models=tuple(models), targets=tuple(targets), precisions=tuple(precisions), data=data, out=Path(out),
+        threads=threads, runs=runs, budget=Budget(ms=budget_ms, mb=budget_mb), device=device,
+        random_weights=random_weights, max_images=max_images, fresh=fresh))

@@ -381,6 +381,11 @@ def ci_cmd(
         raise CheckFailedError(ci_report.failure_line(doc))
 
 
+from edgehybrid.cli_compare import compare_cmd  # noqa: E402  (its own module: the command is long)
+
+app.command("compare")(compare_cmd)
+
+
 def _progress(json_out: bool) -> None:
     """Progress displays on stderr, but none under --json (whose reader is a program)."""
     console.SHOW_PROGRESS = not json_out

@@ -175,6 +175,18 @@ def _run(argv: list[str], stdin, deadline: float, limit: float, device: Device, 
         raise RemoteError(f"{what} on {device.url} did not finish within {limit:g} s") from None
 
 
+def check_reachable(device: Device, identity: Path | None = None, ssh_options: list[str] | None = None,
+                    timeout: float = 30) -> None:
+    """Connect once and run nothing (``true``): an unreachable device or a refused key is a one-line
+    :class:`RemoteError` before minutes of work that would end on it."""
+    if identity is not None and not Path(identity).is_file():
+        raise InputError(f"identity file {str(identity)!r} does not exist")
+    res = _run(_ssh_argv(device, "true", identity, ssh_options), subprocess.DEVNULL, time.monotonic() + timeout,
+               timeout, device, "connecting")
+    if res.returncode != 0:
+        raise ssh_failure(device, res.stderr, identity)
+
+
 def _tar_of(folder: Path):
     """A folder as an uncompressed tar in a temporary file (a file, not a pipe: no deadlock with ssh's output)."""
     def anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -318,9 +318,14 @@ def to_html(doc: dict) -> str:
     details = _details_table(profiles)
     if details:
         parts.append("<h2>Details</h2>" + details)
+    return html_page("edgehybrid profile", parts)
+
+
+def html_page(title: str, parts: list[str], extra_css: str = "") -> str:
+    """A self-contained page (styles inline, plots as data URIs) of the given body parts."""
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>edgehybrid profile</title><style>{_CSS}</style></head><body>\n"
+            f"<title>{html.escape(title)}</title><style>{_CSS}{extra_css}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
 
 
@@ -329,11 +334,12 @@ def check_report_path(path: Path) -> str:
     return check_output_file(path, _SUFFIXES, "report file")
 
 
-def write_report(doc: dict, path: Path) -> Path:
-    """Write ``doc`` as JSON, Markdown or HTML, chosen by the file's suffix, atomically."""
+def write_report(doc: dict, path: Path, markdown=to_markdown, page=to_html, option: str = "report file") -> Path:
+    """Write ``doc`` as JSON, Markdown (``markdown(doc)``) or HTML (``page(doc)``), chosen by the file's
+    suffix, atomically."""
     path = Path(path)
-    suffix = check_report_path(path)
-    text = {".json": lambda: json.dumps(doc, indent=2) + "\n", ".md": lambda: to_markdown(doc),
-            ".html": lambda: to_html(doc)}[suffix]()
-    write_report_file(path, text, "report")
+    suffix = check_output_file(path, _SUFFIXES, option)
+    text = {".json": lambda: json.dumps(doc, indent=2) + "\n", ".md": lambda: markdown(doc),
+            ".html": lambda: page(doc)}[suffix]()
+    write_report_file(path, text, option)
     return path
