@@ -154,7 +154,7 @@ def compare(models, *, targets, precisions=("fp32",), data=None, out: str | Path
     """Export, check and profile every model x target x precision and rank them (the ``--json`` document of
     ``edgehybrid compare``): ``rows``, ``fronts`` (the Pareto front per target) and ``choice`` (the most
     accurate candidate within the budget, or the closest when none fits; None without a budget)."""
-    from edgehybrid.compare import Budget, CompareRequest, run_compare
+    from edgehybrid.comparison import Budget, CompareRequest, run_compare
 
     if isinstance(models, str) or isinstance(targets, str) or isinstance(precisions, str):
         raise InputError("models, targets and precisions are lists, e.g. targets=['tflite']")

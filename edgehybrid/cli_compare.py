@@ -1,4 +1,4 @@
-"""The ``edgehybrid compare`` command: parses, calls :func:`edgehybrid.compare.run_compare`, renders."""
+"""The ``edgehybrid compare`` command: parses, calls :func:`edgehybrid.comparison.run_compare`, renders."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def compare_cmd(
 ) -> None:
     """Compare models on a target: accuracy, latency, memory, size and attention vs convolution, with the Pareto
     front; with --budget-ms/--budget-mb exit 0 when a candidate fits, 1 when none does."""
-    from edgehybrid import compare as compare_mod
+    from edgehybrid import comparison as compare_mod
     from edgehybrid import compare_report
 
     request = compare_mod.CompareRequest(

@@ -15,7 +15,7 @@ KINDS = ("convolution", "hybrid", "attention")
 
 
 def row_of(done) -> dict:
-    """One table row from what the stages produced for a candidate (:class:`edgehybrid.compare.Done`)."""
+    """One table row from what the stages produced for a candidate (:class:`edgehybrid.comparison.Done`)."""
     c, m = done.candidate, done.manifest or {}
     row = {"id": c.id, "model": c.model, "target": c.target, "precision": str(c.precision),
            "status": "measured" if done.manifest is not None else done.export, "export": done.export,

@@ -189,7 +189,19 @@ def _cases() -> list[tuple[str, str, object]]:
                                        "report-too-long")]
     cases += [("device", d, d) for d in DEVICES]
     cases += [("option", name, name) for name in OPTIONS]
+    cases += [("compare", name, name) for name in COMPARE]
     return cases
+
+
+#: edgehybrid compare, refused before any work: (extra arguments, models)
+COMPARE = {
+    "budget-zero": ["--budget-ms", "0"], "budget-negative-mb": ["--budget-mb", "-1"], "budget-nan": ["--budget-ms", "nan"],
+    "budget-inf": ["--budget-ms", "inf"], "unknown-model": ["mobilevit_xxx.cifar10"], "given-twice": [FIXTURE],
+    "classes-differ": ["mobilevit_s", "--data", "bundled:cifar10/eval"], "data-missing": ["--data", "/nonexistent"],
+    "report-suffix": ["--report", "compare.txt"], "target-typo": ["--target", "tflit"],
+    "device-not-ssh": ["--device", "http://pi@host"], "precision-typo": ["--precision", "fp32,int4"],
+    "out-is-a-file": ["--out", "AFILE"],
+}
 
 
 def _sampled():
@@ -242,6 +254,10 @@ def _args(cls: str, case, tmp: Path) -> list:
         if OPTIONS[case] is None:
             return ["check", tmp / "nope.onnx", "--data", "bundled:cifar10/eval", "--no-verify"]
         return ["export", FIXTURE, *OPTIONS[case], "-o", out]
+    if cls == "compare":
+        (tmp / "afile").write_text("a file")
+        extra = [tmp / "afile" if a == "AFILE" else a for a in COMPARE[case]]
+        return ["compare", FIXTURE, "-t", "onnx", "-o", out, *extra]
     if cls == "device":
         artifact = tmp / "model.onnx"
         artifact.write_bytes(b"\0" * 16)
