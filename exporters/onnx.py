@@ -291,7 +291,7 @@ def _trace(module: nn.Module, feed: torch.Tensor, what: str):
         # on failure torch.export prints the partial FX graph straight to sys.stderr: noise for a CLI user
         # (the graph stays reachable from the chained exception under --debug)
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            return torch.export.export(module, (feed,))
+            return _keep_module_paths(module, torch.export.export(module, (feed,)))
     except Exception as exc:  # noqa: BLE001 - every torch.export failure is reported the same way
         text = str(exc)
         call = _CALL_SITE.search(text[text.find("The following call raised this error") :])
@@ -300,6 +300,24 @@ def _trace(module: nn.Module, feed: torch.Tensor, what: str):
             f"torch.export could not trace {what}, so no ONNX graph can be built: {_first_line(exc)}{at}; "
             "the model must be traceable without data-dependent Python control flow"
         ) from exc
+
+
+def _keep_module_paths(module: nn.Module, ep):
+    """An INT8 plan arrives as a converted ``GraphModule`` whose nodes still say which module of the model they
+    were called in; tracing it again would record only the GraphModule itself. Carry each node's original
+    module path over (nodes keep their names), so the ONNX graph's name scopes, and with them ``profile
+    --per-op``'s attention / convolution split, hold for INT8 artifacts too."""
+    known = {}
+    for sub in module.modules():
+        if isinstance(sub, torch.fx.GraphModule):
+            known.update({n.name: n.meta["nn_module_stack"] for n in sub.graph.nodes
+                          if len(n.meta.get("nn_module_stack") or {}) > 0})
+    if known:
+        for node in ep.graph.nodes:
+            stack = known.get(node.name)
+            if stack is not None:
+                node.meta["nn_module_stack"] = dict(stack)
+    return ep
 
 
 def _convert(ep, feed: torch.Tensor, what: str, opset: int):

@@ -253,6 +253,12 @@ def test_int8_export_validates_on_every_target(cli, tmp_path, target):
         ort = m["details"]["onnxruntime_optimized_ops"]["integer_kernels"]
         assert ort.get("QLinearConv", 0) > 0 and ort.get("QGemm", 0) > 0  # fused int8 kernels, not float islands
         assert "Softmax" in m["details"]["onnxruntime_optimized_ops"]["float_compute"]
+        # the quantized graph keeps the model's module paths: per-op time splits into attention / convolution
+        from edgehybrid.profiling.probe import assign_modules, read_onnx_graph
+
+        nodes, inits = read_onnx_graph(str(out / Path(m["artifact"]).name))
+        paths = {mod[0] for mod in assign_modules(nodes, inits).values() if mod}
+        assert any(".transformer." in p and ".attn" in p for p in paths), sorted(paths)[:20]
     if target == "tflite":
         assert m["inputs"][0]["dtype"] == "int8" and m["inputs"][0]["scale"] > 0
         ops, int8_ops = m["details"]["op_counts"], m["details"]["int8_op_counts"]
