@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from models_zoo.layers import Attention, Mlp, make_divisible
-from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, register
+from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, cifar10_fixture, register
 
 # --------------------------------------------------------------------------------------------- convnets
 
@@ -283,7 +283,9 @@ register(ModelSpec(
                f"{_TF_SLIM} (official TF checkpoint of the same architecture)",
     ),
     input_divisor=32,
-    checkpoints=(Checkpoint(tag="ra_in1k", hf_hub_id="timm/mobilenetv2_100.ra_in1k"),),
+    # .cifar10: the convolution baseline for the trained hybrid fixtures (edgehybrid compare's other side)
+    checkpoints=(Checkpoint(tag="ra_in1k", hf_hub_id="timm/mobilenetv2_100.ra_in1k"),
+                 cifar10_fixture("mobilenetv2_100", _IMAGENET_224)),
     default_tag="ra_in1k",
 ))
 
