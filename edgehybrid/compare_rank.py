@@ -27,7 +27,7 @@ def row_of(done) -> dict:
            "measurements": {k: str(v) for k, v in done.files.items() if v is not None}}
     if done.manifest is None:
         return row
-    row["size_mb"] = round(m["size_bytes"] / 2**20, 3)
+    row["size_bytes"], row["size_mb"] = m["size_bytes"], round(m["size_bytes"] / 2**20, 3)
     row["int8_mac_share"] = int8_share(m)
     macs = done.macs or {}
     if "skipped" in macs:

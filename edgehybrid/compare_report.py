@@ -129,9 +129,16 @@ def _scatter(doc: dict, target: str) -> str:
                    s=[60 + 600 * max(r["memory_mb"]["model"], 0) / peak for r in mine], c=colour, alpha=0.7,
                    edgecolors=["black" if r["on_front"] else "none" for r in mine], linewidths=1.5,
                    label=kind or "unknown kind")
-    for r in rows:
-        ax.annotate(f"{r['model']} {r['precision']}", (r["latency_ms"]["p50"], r["accuracy"]["value"]),
-                    textcoords="offset points", xytext=(6, 6), fontsize=8)
+    placed: list[tuple[float, float]] = []
+    x_span = max([r["latency_ms"]["p50"] for r in rows] + [1e-9]) - min([r["latency_ms"]["p50"] for r in rows] + [0])
+    y_span = max([r["accuracy"]["value"] for r in rows] + [1e-9]) - min([r["accuracy"]["value"] for r in rows] + [0])
+    for r in sorted(rows, key=lambda r: (r["latency_ms"]["p50"], -r["accuracy"]["value"])):
+        x, y = r["latency_ms"]["p50"], r["accuracy"]["value"]
+        # a label near an earlier one goes below its point instead of above, so two close points stay readable
+        near = any(abs(x - px) < 0.12 * (x_span or 1) and abs(y - py) < 0.08 * (y_span or 1) for px, py in placed)
+        placed.append((x, y))
+        ax.annotate(f"{r['model']} {r['precision']}", (x, y), textcoords="offset points",
+                    xytext=(7, -13) if near else (7, 6), fontsize=8)
     front = sorted((r for r in rows if r["on_front"]), key=lambda r: r["latency_ms"]["p50"])
     if len(front) > 1:
         ax.step([r["latency_ms"]["p50"] for r in front], [r["accuracy"]["value"] for r in front], where="post",

@@ -243,6 +243,12 @@ def reusable(request, random: bool):
     weights, source = manifest.get("weights") or {}, manifest.get("source") or {}
     if (weights.get("kind") == "random") != random:
         return f"{artifact.name} has {'random' if weights.get('kind') == 'random' else 'trained'} weights"
+    quant = manifest.get("quantization") or {}
+    calib = quant.get("calibration") or {}
+    if request.precision.calibrated and not (
+            str(calib.get("source", "")).startswith("the bundled") and calib.get("method") == "minmax"
+            and calib.get("seed") == 0 and calib.get("requested_size") is None and quant.get("max_drift") is None):
+        return f"{artifact.name} was quantized with other options than compare's defaults"
     for what, doc, key in (("weights", weights, "path"), ("model file", source, "file")):
         path = doc.get(key)
         if path and doc.get("sha256") and (not Path(path).is_file() or sha256_file(Path(path)) != doc["sha256"]):
