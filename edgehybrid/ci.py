@@ -2,10 +2,11 @@
 
 The matrix comes from a strict TOML file (``edgehybrid.toml``; an unknown key is an error, not a silent
 no-op). Every job exports its artifact (validated as ``edgehybrid export`` does), checks its drift on
-real images (``edgehybrid check``), and times it against the FP32 PyTorch model in the same process,
-alternating the two, so that its latency is a *ratio* that a slower or busier CI machine does not move.
-Results are compared with a committed baseline JSON: a top-1 that fell, or a latency ratio that grew,
-beyond the configured tolerances fails the run (exit 1) with the job and the figure named.
+real images (``edgehybrid check``), and times it against a fixed reference workload on the same runtime, in
+alternating rounds (:mod:`edgehybrid.ci_latency`), so that its latency is a *ratio* that a slower or busier
+CI machine does not move. Results are compared with a committed baseline JSON: a top-1 that fell, or a
+latency ratio that grew, beyond the configured tolerances fails the run (exit 1) with the job and the figure
+named; latency measured while the machine was too unsteady to judge is ``inconclusive`` (exit 4).
 
     [ci]
     out = "edgehybrid-ci"                # reports and artifacts
@@ -27,14 +28,12 @@ beyond the configured tolerances fails the run (exit 1) with the job and the fig
 from __future__ import annotations
 
 import re
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from edgehybrid.ci_config import Config, ModelConfig, load_config  # noqa: F401  (the config, re-exported)
 from edgehybrid.errors import CheckFailedError, InputError
@@ -64,7 +63,7 @@ class Job:
 @dataclass
 class JobResult:
     job: Job
-    status: str = "passed"  # passed | failed | skipped
+    status: str = "passed"  # passed | failed | skipped | inconclusive (latency could not be judged)
     failures: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
@@ -147,11 +146,11 @@ def run_ci(cfg: Config, *, shard_spec: str | None = None, update_baseline: bool 
     ensure_writable_dir(cfg.out)
     artifacts = cfg.out / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, references = [], {}
     for k, job in enumerate(selected, 1):
         log(f"[{k}/{len(selected)}] {job.id}")
         results.append(run_job(cfg, job, artifacts, baseline.get("jobs", {}) if not update_baseline else {},
-                               log, progress, step=step))
+                               log, progress, step=step, references=references, recording=update_baseline))
         r = results[-1]
         log(f"  {r.status} in {r.seconds:.1f}s" + (f": {'; '.join(r.failures)}" if r.failures else ""))
     doc = {
@@ -161,10 +160,11 @@ def run_ci(cfg: Config, *, shard_spec: str | None = None, update_baseline: bool 
         "baseline_missing": missing and not update_baseline,
         "jobs": [r.to_dict() for r in results],
         "passed": all(r.status != "failed" for r in results),
+        "inconclusive": [r.job.id for r in results if r.status == "inconclusive"],
         "host": _host(),
     }
     if update_baseline:
-        good = [r for r in results if r.status == "passed"]  # a failing job must not become the new normal
+        good = [r for r in results if r.status == "passed"]  # a failing or unjudged job is not the new normal
         write_baseline(cfg.baseline, good, read_baseline(cfg.baseline, missing_ok=True))
         log(f"updated the baseline {cfg.baseline} ({len(good)} jobs"
             + (f"; {len(results) - len(good)} failed jobs not recorded)" if len(good) < len(results) else ")"))
@@ -178,7 +178,8 @@ def _check_backends(selected: list[Job]) -> None:
         get_exporter(target).check_available()  # a missing extra is a setup error (exit 2), not a failed job
 
 
-def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, progress, step=None) -> JobResult:
+def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, progress, step=None,
+            references: dict | None = None, recording: bool = False) -> JobResult:
     from edgehybrid.drift_check import Thresholds, run_check
     from edgehybrid.int8 import Int8Request
     from edgehybrid.pipeline import ExportRequest, run_export
@@ -225,8 +226,15 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
     result.failures += [f"{c['name']}: {c['message']}" for c in report["checks"] if not c["passed"]]
 
     if report["runtime"]["executed"]:
-        with step(f"timing {artifact.name} against FP32 PyTorch") if step else _nothing():
-            result.latency = measure_latency(artifact, manifest, cfg)
+        from edgehybrid import ci_latency
+
+        refs = references if references is not None else {}
+        if job.target not in refs:  # one reference workload per target and run, exported once
+            with step(f"exporting the reference workload for {job.target}") if step else _nothing():
+                refs[job.target] = ci_latency.reference_artifact(job.target, cfg.out, cfg.threads)
+        with step(f"timing {artifact.name} against the reference workload") if step else _nothing():
+            result.latency = ci_latency.measure(artifact, manifest, *refs[job.target], rounds=cfg.latency_rounds,
+                                                runs=cfg.latency_runs)
         if m.max_latency_ms is not None and result.latency["artifact_ms"] > m.max_latency_ms:
             result.failures.append(f"max-latency: median {result.latency['artifact_ms']:.2f} ms > budget "
                                    f"{m.max_latency_ms:g} ms")
@@ -234,7 +242,18 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
         result.notes.append(f"latency not measured: {report['runtime']['reason']}")
     result.baseline = compare_baseline(result, baseline_jobs.get(job.id), cfg)
     result.failures += result.baseline.get("failures", [])
-    result.status = "failed" if result.failures else "passed"
+    if recording and result.latency:  # no baseline from an unsteady run
+        from edgehybrid.ci_latency import steady
+
+        if not steady(result.latency, cfg.latency_tolerance):
+            result.baseline.update(latency_status="inconclusive", latency_note=(
+                f"latency inconclusive: the pair ratio {result.latency['ratio']:.3f} and the fastest rounds' "
+                f"{result.latency['min_ratio']:.3f} differ by more than the {cfg.latency_tolerance:.0%} tolerance, "
+                "too unsteady to record as the baseline; rerun --update-baseline on a quieter runner"))
+    if result.baseline.get("latency_note"):
+        result.notes.append(result.baseline["latency_note"])
+    result.status = ("failed" if result.failures else
+                     "inconclusive" if result.baseline.get("latency_status") == "inconclusive" else "passed")
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -243,52 +262,6 @@ def _nothing():
     from contextlib import nullcontext
 
     return nullcontext()
-
-
-def measure_latency(artifact: Path, manifest: dict, cfg: Config) -> dict:
-    """Median latency of the artifact and of the FP32 PyTorch model on one input, in alternating rounds
-    within this process (same threads), and their ratio: the figure that is compared across machines."""
-    import torch
-
-    from edgehybrid.drift_check import open_session
-    from edgehybrid.reference import reference_model
-    from edgehybrid.runtimes import to_layout
-
-    session, _, _, _ = open_session(manifest, artifact, cfg.threads)
-    loaded, _ = reference_model(manifest, None)
-    model = loaded.model.eval()
-    torch.set_num_threads(cfg.threads)
-    info = manifest["inputs"][0]
-    shape = [abs(d) for d in info["shape"]]
-    if info.get("layout") == "NHWC":  # the same image for both, in each one's layout
-        shape = [shape[0], shape[3], shape[1], shape[2]]
-    nchw = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    feed = {info["name"]: to_layout(nchw, info.get("layout"))}
-    x = torch.from_numpy(nchw)
-
-    def timed(fn) -> list[float]:
-        out = []
-        for _ in range(cfg.latency_runs):
-            t = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t) * 1e3)
-        return out
-
-    run_artifact = lambda: session.run(feed)
-    with torch.no_grad():
-        run_torch = lambda: model(x)
-        for _ in range(3):  # warm-up: first runs allocate and pick kernels
-            run_artifact()
-            run_torch()
-        art, ref, ratios = [], [], []
-        for _ in range(cfg.latency_rounds):
-            a, r = statistics.median(timed(run_artifact)), statistics.median(timed(run_torch))
-            art.append(a)
-            ref.append(r)
-            ratios.append(a / r)
-    return {"artifact_ms": round(statistics.median(art), 3), "reference_ms": round(statistics.median(ref), 3),
-            "ratio": round(statistics.median(ratios), 4), "reference": "FP32 PyTorch eager, same process",
-            "rounds": cfg.latency_rounds, "runs_per_round": cfg.latency_runs, "threads": cfg.threads}
 
 
 # --------------------------------------------------------------------------------------------- baseline
@@ -316,7 +289,8 @@ def baseline_entry(r: JobResult) -> dict:
     m = r.metrics
     entry = {k: m[k] for k in ("artifact_top1_pct", "top1_agreement_pct", "cosine") if k in m}
     if r.latency:
-        entry["latency_ratio"] = r.latency["ratio"]
+        entry.update(latency_ratio=r.latency["ratio"], latency_min_ratio=r.latency["min_ratio"],
+                     latency_reference=r.latency["reference"])
     return entry
 
 
@@ -330,7 +304,8 @@ def write_baseline(path: Path, results: list[JobResult], old: dict) -> None:
 
 
 def compare_baseline(r: JobResult, base: dict | None, cfg: Config) -> dict:
-    """Top-1 may fall by ``accuracy_tolerance`` points, the latency ratio may grow by ``latency_tolerance``."""
+    """Top-1 may fall by ``accuracy_tolerance`` points, the latency ratio may grow by ``latency_tolerance``
+    (:func:`edgehybrid.ci_latency.judge`, which also says when latency could not be judged)."""
     if base is None:
         return {"status": "new", "failures": [], "note": "no baseline entry; record one with --update-baseline"}
     out: dict = {"status": "compared", "failures": [], "entry": base}
@@ -341,13 +316,15 @@ def compare_baseline(r: JobResult, base: dict | None, cfg: Config) -> dict:
         if fall > cfg.accuracy_tolerance:
             out["failures"].append(f"accuracy regression: top-1 {now['artifact_top1_pct']:.2f}% vs baseline "
                                    f"{base['artifact_top1_pct']:.2f}% (-{fall:.2f} pts > {cfg.accuracy_tolerance:g})")
-    if "latency_ratio" in base and "latency_ratio" in now:
-        growth = now["latency_ratio"] / base["latency_ratio"] - 1
-        out["latency_change"] = round(growth, 4)
-        if growth > cfg.latency_tolerance:
-            out["failures"].append(
-                f"latency regression: {now['latency_ratio']:.3f}x the FP32 PyTorch time vs baseline "
-                f"{base['latency_ratio']:.3f}x (+{growth:.0%} > {cfg.latency_tolerance:.0%})")
+    from edgehybrid.ci_latency import judge
+
+    lat = judge(r.latency, base, cfg.latency_tolerance)
+    out["latency_status"] = lat["status"]
+    out["failures"] += lat["failures"]
+    if lat["change"] is not None:
+        out["latency_change"] = lat["change"]
+    if lat["note"]:
+        out["latency_note"] = lat["note"]
     return out
 
 

@@ -43,8 +43,8 @@ class Config:
     threads: int = 2
     latency_tolerance: float = 0.25
     accuracy_tolerance: float = 0.5
-    latency_rounds: int = 5
-    latency_runs: int = 10
+    latency_rounds: int = 7
+    latency_runs: int = 20
 
 
 def load_config(path: Path) -> Config:
@@ -93,8 +93,8 @@ def load_config(path: Path) -> Config:
         threads=_number(ci, "threads", 2, int, 1),
         latency_tolerance=_number(ci, "latency_tolerance", 0.25, float, 0.0),
         accuracy_tolerance=_number(ci, "accuracy_tolerance", 0.5, float, 0.0),
-        latency_rounds=_number(ci, "latency_rounds", 5, int, 1),
-        latency_runs=_number(ci, "latency_runs", 10, int, 1),
+        latency_rounds=_number(ci, "latency_rounds", 7, int, 1),
+        latency_runs=_number(ci, "latency_runs", 20, int, 1),
     )
     return cfg
 

@@ -31,11 +31,12 @@ def _cells(j: dict) -> list[str]:
 
 
 _HEADER = ["job", "status", "top-1 ref / artifact", "top-1 change", "agreement", "cosine", "latency ms",
-           "time / FP32 PyTorch", "vs baseline"]
+           "time / reference", "vs baseline"]
 
 
 def _title(doc: dict) -> str:
-    return f"edgehybrid ci: {'PASS' if doc['passed'] else 'FAIL'} (shard {doc['shard']}, {len(doc['jobs'])} jobs)"
+    verdict = "FAIL" if not doc["passed"] else ("INCONCLUSIVE" if doc.get("inconclusive") else "PASS")
+    return f"edgehybrid ci: {verdict} (shard {doc['shard']}, {len(doc['jobs'])} jobs)"
 
 
 def _failures_and_notes(doc: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -62,7 +63,7 @@ def render(doc: dict, out: Console) -> None:
         table.add_column(h, no_wrap=h == "job")
     for j in doc["jobs"]:
         cells = _cells(j)
-        style = {"failed": "bold red", "skipped": "dim"}.get(j["status"])
+        style = {"failed": "bold red", "skipped": "dim", "inconclusive": "yellow"}.get(j["status"])
         table.add_row(*cells, style=style)
     out.print(table)
     failures, notes = _failures_and_notes(doc)
@@ -96,7 +97,8 @@ def junit(doc: dict) -> str:
         cases.append({"classname": cls, "name": "export", "passed": not export_fail,
                       "message": export_fail[0] if export_fail else f"exported {j['artifact']}", "seconds": per})
         base_fail = [f for f in j["failures"] if "regression" in f or f.startswith("max-latency")]
-        skipped = None if j["latency"] else next((n for n in j["notes"] if n.startswith("latency")), None)
+        skipped = (next((n for n in j["notes"] if n.startswith("latency")), None)
+                   if not j["latency"] or j["status"] == "inconclusive" else None)
         cases.append({"classname": cls, "name": "baseline", "passed": not base_fail, "skipped": None if base_fail
                       else skipped, "message": "; ".join(base_fail) or (j["baseline"] or {}).get("status", "-"),
                       "seconds": per})
@@ -123,3 +125,10 @@ def failure_line(doc: dict) -> str:
     return f"ci failed: {first['id']}: {'; '.join(first['failures'])}{more}"
 
 
+
+
+def inconclusive_line(doc: dict) -> str:
+    first = next(j for j in doc["jobs"] if j["status"] == "inconclusive")
+    note = next((n for n in first["notes"] if n.startswith("latency inconclusive")), "latency inconclusive")
+    more = f" (and {len(doc['inconclusive']) - 1} more jobs)" if len(doc["inconclusive"]) > 1 else ""
+    return f"ci inconclusive: {first['id']}: {note}{more}"

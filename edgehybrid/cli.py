@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 a check that ran and failed (validation, drift, regression); 2 bad usage or
 input (unknown names, missing or corrupt files, missing optional backends); 3 an internal error, which is
-a bug in edgehybrid (``--debug`` shows its traceback).
+a bug in edgehybrid (``--debug`` shows its traceback); 4 ``ci`` could not judge latency (an unsteady machine).
 """
 
 from __future__ import annotations
@@ -343,44 +343,9 @@ def check_cmd(
         raise CheckFailedError(check_mod.failure_line(result))
 
 
-@app.command("ci")
-def ci_cmd(
-    config: Path = typer.Option(Path("edgehybrid.toml"), "--config", "-c", help="The CI config (strict TOML)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline JSON (default: the config's)."),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="Write this run's figures as the baseline."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard I of N of the matrix, e.g. 2/3."),
-    targets: Optional[str] = typer.Option(None, "--targets", help="Only these targets' jobs, e.g. onnx,tflite."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Report and artifact folder (default: the config's)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the combined report as one JSON document on stdout."),
-) -> None:
-    """Export, check and time every model x target x precision of a config; fail on drift or latency regressions."""
-    from dataclasses import replace
+from edgehybrid.cli_ci import ci_cmd  # noqa: E402  (its own module, as compare's)
 
-    from edgehybrid import ci as ci_mod
-    from edgehybrid import ci_report
-    from edgehybrid.errors import CheckFailedError
-
-    cfg = ci_mod.load_config(config)
-    cfg = replace(cfg, baseline=baseline or cfg.baseline, out=out or cfg.out)
-    ci_mod.parse_shard(shard)
-    ci_mod.select_targets(ci_mod.jobs(cfg), targets)
-    _progress(json_out)
-    doc = ci_mod.run_ci(cfg, shard_spec=shard, update_baseline=update_baseline, only_targets=targets,
-                        log=console.info, progress=console.progress, step=console.step)
-    for path in ci_report.write_reports(doc, cfg.out):
-        console.info(f"wrote {path}")
-    if json_out:
-        console.print_json(doc)
-    else:
-        ci_report.render(doc, console.out_console())
-    if doc["baseline_missing"]:
-        given = [("--config", config), ("--baseline", baseline), ("--out", out), ("--shard", shard),
-                 ("--targets", targets)]
-        console.info(ci_report.record_hint([str(a) for flag, v in given if v is not None for a in (flag, v)]))
-    if not doc["passed"]:
-        raise CheckFailedError(ci_report.failure_line(doc))
-
-
+app.command("ci")(ci_cmd)
 from edgehybrid.cli_compare import compare_cmd  # noqa: E402  (its own module: the command is long)
 
 app.command("compare")(compare_cmd)

@@ -18,6 +18,8 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 EXIT_USAGE = 2
 #: exit code for a check that ran and failed (validation, drift, latency regression)
 EXIT_CHECK_FAILED = 1
+#: exit code for a gate that could not decide (ci latency on a machine too busy to judge): rerun
+EXIT_INCONCLUSIVE = 4
 
 
 class EdgeHybridError(Exception):
@@ -69,6 +71,12 @@ class CheckFailedError(EdgeHybridError):
     """A check that ran and did not hold (validation tolerance, drift threshold)."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class InconclusiveError(EdgeHybridError):
+    """A gate that ran but could not decide, e.g. latency measured on a machine too busy to judge it."""
+
+    exit_code = EXIT_INCONCLUSIVE
 
 
 class EdgeHybridWarning(UserWarning):

@@ -61,7 +61,7 @@ def test_ci_runs_green_writes_reports_then_fails_on_a_baseline_it_no_longer_meet
     for job in report["jobs"]:
         assert job["status"] == "passed" and job["metrics"]["images"] == 100
         assert job["metrics"]["artifact_top1_pct"] >= 70.0
-        assert 0 < job["latency"]["ratio"] < 10 and job["latency"]["reference"].startswith("FP32 PyTorch")
+        assert 0 < job["latency"]["ratio"] < 10 and job["latency"]["reference"].startswith("mobilevit_xxs fp32 64x64")
     assert "| mobilevit_xxs.cifar10/onnx/int8 | passed |" in (tmp_path / "out" / "ci-report.md").read_text()
     suite = ET.parse(tmp_path / "out" / "ci-junit.xml").getroot().find("testsuite")
     assert suite.get("failures") == "0" and int(suite.get("tests")) == 10  # 3 checks + export + baseline, x2
@@ -73,8 +73,9 @@ def test_ci_runs_green_writes_reports_then_fails_on_a_baseline_it_no_longer_meet
     # 2-core machine moved 2x between two runs in CI, so "4x faster" was not out of reach of noise.
     # int8's latency baseline is raised 10x so that the same noise cannot add a latency failure to it.
     fp32, int8 = "mobilevit_xxs.cifar10/onnx/fp32", "mobilevit_xxs.cifar10/onnx/int8"
-    baseline["jobs"][fp32]["latency_ratio"] = 0.01
+    baseline["jobs"][fp32]["latency_ratio"] = baseline["jobs"][fp32]["latency_min_ratio"] = 0.01
     baseline["jobs"][int8]["latency_ratio"] *= 10
+    baseline["jobs"][int8]["latency_min_ratio"] *= 10
     baseline["jobs"][int8]["artifact_top1_pct"] += 5
     (tmp_path / "baseline.json").write_text(json.dumps(baseline))
     code, out, err = cli("ci", "--config", config, "--json")
