@@ -28,6 +28,7 @@ named; latency measured while the machine was too unsteady to judge is ``inconcl
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 import sys
 import time
 from collections.abc import Callable
@@ -230,9 +231,9 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
 
         refs = references if references is not None else {}
         if job.target not in refs:  # one reference workload per target and run, exported once
-            with step(f"exporting the reference workload for {job.target}") if step else _nothing():
+            with step(f"exporting the reference workload for {job.target}") if step else nullcontext():
                 refs[job.target] = ci_latency.reference_artifact(job.target, cfg.out, cfg.threads)
-        with step(f"timing {artifact.name} against the reference workload") if step else _nothing():
+        with step(f"timing {artifact.name} against the reference workload") if step else nullcontext():
             result.latency = ci_latency.measure(artifact, manifest, *refs[job.target], rounds=cfg.latency_rounds,
                                                 runs=cfg.latency_runs)
         if m.max_latency_ms is not None and result.latency["artifact_ms"] > m.max_latency_ms:
@@ -256,12 +257,6 @@ def run_job(cfg: Config, job: Job, artifacts: Path, baseline_jobs: dict, log, pr
                      "inconclusive" if result.baseline.get("latency_status") == "inconclusive" else "passed")
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 # --------------------------------------------------------------------------------------------- baseline

@@ -63,13 +63,10 @@ def reference_artifact(target: str, out: Path, threads: int) -> tuple[Path, dict
 
 
 def _feeds(manifest: dict) -> dict:
-    from edgehybrid.runtimes import to_layout
+    from edgehybrid.runtimes import nchw_shape, to_layout
 
     info = manifest["inputs"][0]
-    shape = [abs(d) for d in info["shape"]]
-    if info.get("layout") == "NHWC":
-        shape = [shape[0], shape[3], shape[1], shape[2]]
-    nchw = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    nchw = np.random.default_rng(0).standard_normal(nchw_shape(info)).astype(np.float32)
     return {info["name"]: to_layout(nchw, info.get("layout"))}
 
 

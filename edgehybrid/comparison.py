@@ -13,6 +13,7 @@ budget's choice; :mod:`edgehybrid.compare_report` writes them.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 import json
 import math
 import re
@@ -338,13 +339,10 @@ def macs_stage(req: CompareRequest, manifest: dict) -> tuple[dict, bool, Path | 
 
         from edgehybrid.macs import mac_breakdown
 
+        from edgehybrid.runtimes import nchw_shape
+
         model = _fp32_model(manifest)
-        inp = manifest["inputs"][0]
-        shape = [abs(d) for d in inp["shape"]]
-        if inp.get("layout") == "NHWC":
-            shape = [shape[0], shape[3], shape[1], shape[2]]
-        if (manifest.get("preprocessing") or {}).get("in_graph"):
-            raise EdgeHybridError("normalization in the graph")  # not reached: compare never asks for it
+        shape = nchw_shape(manifest["inputs"][0])
         doc = mac_breakdown(model, torch.zeros(shape))
         batch = max(1, shape[0])
         doc["macs"] //= batch
@@ -439,7 +437,7 @@ def run_compare(req: CompareRequest, *, log: Log = lambda _m: None, progress=Non
     for k, d in enumerate(ok, 1):
         log(f"[{k}/{len(ok)}] profile {d.candidate.id}")
         label = f"timing {d.artifact.name}" + (f" on {req.device}" if req.device else "")
-        with (step(label) if step else _nothing()):
+        with (step(label) if step else nullcontext()):
             d.profile, again, d.files["profile"] = profile_stage(req, d.artifact, d.manifest, remote)
         reused += again
     for d in ok:
@@ -461,7 +459,3 @@ def run_compare(req: CompareRequest, *, log: Log = lambda _m: None, progress=Non
     }
 
 
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()

@@ -96,6 +96,12 @@ def open_session(target: str | Target, artifact: Path, threads: int) -> Opened:
         return Opened(session, False, f"simulated: {session.label}", str(exc))
 
 
+def nchw_shape(info: dict) -> list[int]:
+    """The NCHW shape of a manifest input (``{"shape", "layout"}``), a dynamic dimension (-1) read as 1."""
+    shape = [abs(d) for d in info["shape"]]
+    return [shape[0], shape[3], shape[1], shape[2]] if info.get("layout") == "NHWC" else shape
+
+
 def to_layout(x_nchw: np.ndarray, layout: str | None) -> np.ndarray:
     """An NCHW image batch in the artifact's input layout, contiguous and float32."""
     x = x_nchw.transpose(0, 2, 3, 1) if layout == "NHWC" else x_nchw
