@@ -37,6 +37,7 @@ def split_silu(model: nn.Module) -> nn.Module:
 
 
 _BN = _A.batch_norm.default
+_CONVS = (_A.conv2d.default, _A.conv1d.default)  # channels on axis 1 (a Conformer's depthwise conv is 1-D)
 
 
 def fold_channel_scales(gm: torch.fx.GraphModule) -> int:
@@ -48,7 +49,7 @@ def fold_channel_scales(gm: torch.fx.GraphModule) -> int:
     the converter, which then runs the conv in float on dequantized weights."""
     folded = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (_A.conv2d.default, _A.linear.default):
+        if node.op != "call_function" or node.target not in (*_CONVS, _A.linear.default):
             continue
         if len(node.args) < 2 or _constant(gm, node.args[1]) is None or (
                 len(node.args) > 2 and node.args[2] is not None and _constant(gm, node.args[2]) is None):
@@ -72,12 +73,12 @@ def _channels(node: torch.fx.Node) -> int | None:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor) or val.dim() < 2:
         return None
-    return int(val.shape[1] if node.target is _A.conv2d.default else val.shape[-1])
+    return int(val.shape[1] if node.target in _CONVS else val.shape[-1])
 
 
 def _bn_affine(gm, user: torch.fx.Node, prod: torch.fx.Node):
     """(scale, shift) of an eval-mode BatchNorm right after a conv, else None."""
-    if (user.target is not _BN or prod.target is not _A.conv2d.default or len(user.args) < 8
+    if (user.target is not _BN or prod.target not in _CONVS or len(user.args) < 8
             or user.args[0] is not prod):
         return None
     _, w, b, mean, var, training, _momentum, eps = user.args[:8]
@@ -102,7 +103,7 @@ def _scale_affine(gm, user: torch.fx.Node, prod: torch.fx.Node):
     if c is None or channels is None or c.dim() > out.dim():
         return None
     shape = [1] * (out.dim() - c.dim()) + list(c.shape)
-    axis = 1 if prod.target is _A.conv2d.default else out.dim() - 1
+    axis = 1 if prod.target in _CONVS else out.dim() - 1
     if any(n != 1 for i, n in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
         return None
     return c.reshape(-1).double().expand(channels), 0.0

@@ -1,4 +1,5 @@
-"""Turning image files into the tensors a zoo model takes, exactly as its spec says.
+"""Turning image files (and, through :mod:`calibration.audio`, sound files) into the tensors a zoo model takes,
+exactly as its spec says.
 
 Two steps, kept apart because an artifact may fold the second into its graph (``--normalize-in-graph``):
 
@@ -89,23 +90,68 @@ def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted so that runs are reproducible."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def find_images(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Input files under ``folder`` (recursively; images unless ``suffixes`` says otherwise), sorted so that runs
+    are reproducible."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def sample_images() -> list[Path]:
-    """The real photos bundled with the package (for validation when the user gives none)."""
-    images = find_images(SAMPLES_DIR)
-    if not images:
-        raise InputError("the bundled sample images are missing from the installed package; reinstall edgehybrid")
-    return images
+# ----------------------------------------------------------------------------- one seam for every input kind
+# ``pre`` is a zoo spec's ``preprocessing``: a Preprocessing (images) or an AudioFrontEnd (sound). These four
+# functions are all that calibration, validation and ``check`` need to know of the difference.
 
 
-def load_batch(paths: list[Path], pre: Preprocessing, normalized: bool = True) -> np.ndarray:
-    """Several images as one (N, 3, H, W) float32 batch."""
-    pixels = np.stack([load_pixels(p, pre) for p in paths])
-    return normalize(pixels, pre) if normalized else pixels
+def suffixes_of(pre) -> tuple[str, ...]:
+    """The file suffixes a model with this preprocessing reads."""
+    if pre.kind == "audio":
+        from calibration.audio import AUDIO_SUFFIXES
+
+        return AUDIO_SUFFIXES
+    return IMAGE_SUFFIXES
+
+
+def files_text(pre) -> str:
+    """What those files are, for messages: 'JPEG/PNG/WebP/BMP images' or 'WAV/FLAC/OGG/AIFF clips'."""
+    return "WAV/FLAC/OGG/AIFF clips" if pre.kind == "audio" else "JPEG/PNG/WebP/BMP images"
+
+
+def load_sample(path: Path, pre) -> np.ndarray:
+    """One file as its raw sample: CHW pixels in 0..255, or the fitted mono samples of a clip."""
+    if pre.kind == "audio":
+        from calibration.audio import load_clip
+
+        return load_clip(path, pre)
+    return load_pixels(path, pre)
+
+
+def model_input(raw: np.ndarray, pre) -> np.ndarray:
+    """A batch of raw samples -> the model's input (normalized pixels; samples or log-mel features)."""
+    if pre.kind == "audio":
+        from calibration.audio import features
+
+        return features(raw, pre)
+    return normalize(raw, pre)
+
+
+def find_inputs(folder: Path, pre) -> list[Path]:
+    return find_images(folder, suffixes_of(pre))
+
+
+def sample_images(pre=None) -> list[Path]:
+    """The real inputs bundled with the package, for validation when the user gives none: photos, or for a
+    speech model the bundled clips."""
+    folder = SAMPLES_DIR if pre is None or pre.kind != "audio" else SAMPLES_DIR.parent / "speech" / "calib"
+    found = find_images(folder, suffixes_of(pre) if pre is not None else IMAGE_SUFFIXES)
+    if not found:
+        raise InputError(f"the bundled sample {'clips' if folder != SAMPLES_DIR else 'images'} are missing from the "
+                         "installed package; reinstall edgehybrid")
+    return found
+
+
+def load_batch(paths: list[Path], pre, normalized: bool = True) -> np.ndarray:
+    """Several files as one float32 batch: (N, 3, H, W) images, or (N, samples) / (N, mels, frames) audio."""
+    raw = np.stack([load_sample(p, pre) for p in paths])
+    return model_input(raw, pre) if normalized else raw
 
 
 def batched(x: np.ndarray, batch: int) -> list[np.ndarray]:

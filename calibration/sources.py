@@ -1,9 +1,10 @@
-"""Where calibration tensors come from: an image folder, a ``.npy`` / ``.npz`` of preprocessed tensors,
-the photos bundled with the package, or (only when asked) random data.
+"""Where calibration tensors come from: a folder of images (or sound files, for a speech model), a ``.npy`` /
+``.npz`` of preprocessed tensors, the inputs bundled with the package, or (only when asked) random data.
 
 A source is small on purpose (ONNX Runtime's calibration reader is one method; ours is an iterable with a
-length): it yields preprocessed float32 batches ``(n, 3, H, W)`` one at a time, decoding each image only
-when its batch is due, so peak memory depends on the batch size and not on the number of images.
+length): it yields preprocessed float32 batches (``(n, 3, H, W)`` images, ``(n, samples)`` clips) one at a
+time, decoding each file only when its batch is due, so peak memory depends on the batch size and not on the
+number of files.
 ``.npy`` files are memory-mapped for the same reason.
 """
 
@@ -19,9 +20,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from calibration.preprocess import IMAGE_SUFFIXES, find_images, load_pixels, normalize
+from calibration.audio import AUDIO_SUFFIXES
+from calibration.preprocess import IMAGE_SUFFIXES, files_text, find_inputs, load_sample, model_input
 from edgehybrid.errors import EdgeHybridWarning, InputError
-from models_zoo.registry import Preprocessing
+from models_zoo.registry import AudioFrontEnd, Preprocessing
 
 CALIB_DIR = Path(__file__).resolve().parents[1] / "edgehybrid" / "data" / "calibration"
 DATA_DIR = CALIB_DIR.parent  # edgehybrid/data
@@ -57,15 +59,15 @@ class CalibrationSource(Protocol):
         """How many samples the stream yields in total."""
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """Float32 ``(n, 3, H, W)`` batches, ``n <= batch_size``, the same ones on every call."""
+        """Float32 ``(n, *input_shape)`` batches, ``n <= batch_size``, the same ones on every call."""
 
 
 @dataclass
 class ImageFolderSource:
-    """Image files decoded lazily; unreadable ones are skipped and counted in :attr:`skipped`."""
+    """Image (or sound) files decoded lazily; unreadable ones are skipped and counted in :attr:`skipped`."""
 
     paths: list[Path]
-    pre: Preprocessing
+    pre: Preprocessing | AudioFrontEnd
     description: str
     skipped: list[str] | None = None
     minimum: int = MIN_IMAGES  # fewer readable images than this is an error
@@ -79,22 +81,22 @@ class ImageFolderSource:
         chunk: list[np.ndarray] = []
         for path in self.paths:
             try:
-                chunk.append(load_pixels(path, self.pre))
+                chunk.append(load_sample(path, self.pre))
             except InputError:
                 self.skipped.append(path.name)
                 continue
             good += 1
             if len(chunk) == batch_size:
-                yield torch.from_numpy(normalize(np.stack(chunk), self.pre))
+                yield torch.from_numpy(model_input(np.stack(chunk), self.pre))
                 chunk = []
         if chunk:
-            yield torch.from_numpy(normalize(np.stack(chunk), self.pre))
+            yield torch.from_numpy(model_input(np.stack(chunk), self.pre))
         if good < self.minimum:
             example = f", e.g. {self.skipped[0]!r}" if self.skipped else ""
             raise InputError(
-                f"only {good} of {len(self.paths)} calibration images in {self.description} could be read "
+                f"only {good} of {len(self.paths)} calibration {self.pre.noun} in {self.description} could be read "
                 f"({len(self.skipped)} unreadable{example}); calibration needs at least "
-                f"{self.minimum}: add readable JPEG/PNG/WebP/BMP images"
+                f"{self.minimum}: add readable {files_text(self.pre)}"
             )
 
 
@@ -117,7 +119,7 @@ class ArraySource:
 class SyntheticSource:
     """Seeded standard-normal tensors: exercises the pipeline, says nothing about accuracy."""
 
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]
     count: int
     seed: int
     description: str = "synthetic random tensors"
@@ -133,8 +135,8 @@ class SyntheticSource:
 
 def open_source(
     calib: str | Path | None,
-    pre: Preprocessing,
-    input_shape: tuple[int, int, int],
+    pre: Preprocessing | AudioFrontEnd,
+    input_shape: tuple[int, ...],
     size: int | None = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda _m: None,
@@ -142,20 +144,22 @@ def open_source(
 ) -> CalibrationSource:
     """The calibration source for ``--calib`` (None: bundled images), sampled to ``size`` with ``seed``.
 
-    ``input_shape`` is the model's (3, H, W); array sources must match it exactly. ``bundled`` names the
-    package's image set for this checkpoint (a folder under ``edgehybrid/data``, e.g. the CIFAR-10
-    fixtures' training images); without it, the bundled ImageNet-style photos.
+    ``input_shape`` is one sample's model input ((3, H, W), or (samples,) for a speech model); array sources must
+    match it exactly. ``bundled`` names the package's data for this checkpoint (a folder under
+    ``edgehybrid/data``, e.g. the CIFAR-10 fixtures' training images); without it, the bundled ImageNet-style
+    photos, or for a speech model the bundled clips.
     """
     check_size(size)
     if calib is None:
-        folder = DATA_DIR / bundled if bundled else CALIB_DIR
-        paths = find_images(folder)
+        audio = pre.kind == "audio"
+        folder = DATA_DIR / (bundled or "speech/calib") if (bundled or audio) else CALIB_DIR
+        paths = find_inputs(folder, pre)
         if not paths:
-            raise InputError("the bundled calibration images are missing from the installed package; "
+            raise InputError(f"the bundled calibration {pre.noun} are missing from the installed package; "
                              "reinstall edgehybrid or pass --calib DIR")
         paths = _sample(paths, size, seed)
-        what = f"bundled images ({bundled})" if bundled else "bundled photos"
-        log(f"calibrating on {len(paths)} {what} (no --calib given; pass --calib DIR with images "
+        what = f"bundled {pre.noun} ({bundled or 'speech/calib'})" if (bundled or audio) else "bundled photos"
+        log(f"calibrating on {len(paths)} {what} (no --calib given; pass --calib DIR with {pre.noun} "
             "from your own domain for the best accuracy)")
         return ImageFolderSource(paths, pre, f"the {what} ({folder})", minimum=min(MIN_IMAGES, len(paths)))
     if str(calib) == SYNTHETIC:
@@ -165,24 +169,24 @@ def open_source(
         return SyntheticSource(input_shape, size or 32, seed)
     path = Path(calib)
     if not path.exists():
-        raise InputError(f"calibration data {str(path)!r} does not exist; pass a folder of images or a .npy/.npz")
+        raise InputError(f"calibration data {str(path)!r} does not exist; pass a folder of {pre.noun} or a .npy/.npz")
     if path.is_dir():
-        paths = find_images(path)
+        paths = find_inputs(path, pre)
         if not paths:
-            raise InputError(f"no images in calibration folder {str(path)!r} (searched recursively for "
-                             f"{', '.join(IMAGE_SUFFIXES)}); add images or point --calib elsewhere")
+            raise InputError(f"no {pre.noun} in calibration folder {str(path)!r} (searched recursively for "
+                             f"{files_text(pre)}); add {pre.noun} or point --calib elsewhere")
         # the minimum holds unless the user asked for fewer with --calib-size, knowingly
         minimum = min(MIN_IMAGES, size) if size is not None else MIN_IMAGES
         if len(paths) < minimum:
-            raise InputError(f"calibration folder {str(path)!r} holds only {len(paths)} image(s); calibration "
+            raise InputError(f"calibration folder {str(path)!r} holds only {len(paths)} {pre.noun}; calibration "
                              f"needs at least {minimum}: add images, or pass --calib-size {len(paths)} to "
                              "calibrate on so few knowingly")
         sample = _sample(paths, size or DEFAULT_SIZE, seed)
         if len(sample) < len(paths):
-            log(f"calibrating on {len(sample)} of the {len(paths)} images in {str(path)!r} (a reproducible "
+            log(f"calibrating on {len(sample)} of the {len(paths)} {pre.noun} in {str(path)!r} (a reproducible "
                 f"sample, --seed {seed}; --calib-size N to change)")
         else:
-            log(f"calibrating on all {len(paths)} images in {str(path)!r}")
+            log(f"calibrating on all {len(paths)} {pre.noun} in {str(path)!r}")
         return ImageFolderSource(sample, pre, f"{str(path)!r}", minimum=minimum)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
@@ -192,11 +196,13 @@ def open_source(
             idx = np.sort(np.random.default_rng(seed).choice(len(array), size, replace=False))
             array = array[idx]
         return ArraySource(array, f"{str(path)!r}")
-    if suffix in IMAGE_SUFFIXES:
-        raise InputError(f"--calib {str(path)!r} is a single image; pass the folder that holds your "
-                         f"calibration images (at least {MIN_IMAGES})")
-    raise InputError(f"cannot calibrate from {str(path)!r}: pass a folder of images, a .npy or a .npz of "
-                     "preprocessed (N, 3, H, W) float32 tensors, or 'synthetic'")
+    if suffix in IMAGE_SUFFIXES + AUDIO_SUFFIXES:
+        what = "sound file" if suffix in AUDIO_SUFFIXES else "image"
+        raise InputError(f"--calib {str(path)!r} is a single {what}; pass the folder that holds your "
+                         f"calibration {pre.noun} (at least {MIN_IMAGES})")
+    shape = ", ".join(map(str, input_shape))
+    raise InputError(f"cannot calibrate from {str(path)!r}: pass a folder of {pre.noun}, a .npy or a .npz of "
+                     f"preprocessed (N, {shape}) float32 tensors, or 'synthetic'")
 
 
 def check_size(size: int | None) -> None:
@@ -231,10 +237,11 @@ def _load_array(path: Path) -> np.ndarray:
                          f"{path.suffix.lower()} written by numpy?") from exc
 
 
-def _check_shape(array: np.ndarray, input_shape: tuple[int, int, int], path: Path) -> None:
-    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(input_shape):
+def _check_shape(array: np.ndarray, input_shape: tuple[int, ...], path: Path) -> None:
+    if array.ndim != len(input_shape) + 1 or tuple(array.shape[1:]) != tuple(input_shape):
+        what = "NCHW batches" if len(input_shape) == 3 else "batches"
         raise InputError(f"calibration tensors in {str(path)!r} have shape {tuple(array.shape)}, the model takes "
-                         f"(N, {', '.join(map(str, input_shape))}); save preprocessed NCHW batches of that size")
+                         f"(N, {', '.join(map(str, input_shape))}); save preprocessed {what} of that size")
     if len(array) == 0:
         raise InputError(f"calibration file {str(path)!r} holds zero samples")
     if not np.issubdtype(array.dtype, np.floating):

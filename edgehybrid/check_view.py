@@ -13,7 +13,7 @@ from edgehybrid.drift import points_change
 def render(r: dict, out: Console) -> None:
     m, rt = r["metrics"], r["runtime"]
     verdict = "PASS" if r["passed"] else "FAIL"
-    title = f"{verdict}: {Path(r['artifact']).name} ({r['target']}, {r['precision']}) on {m['images']} images"
+    title = f"{verdict}: {Path(r['artifact']).name} ({r['target']}, {r['precision']}) on {m['images']} {r['data'].get('noun', 'images')}"
     table = Table(show_header=False, title=title, title_justify="left")
     table.add_column("figure", style="bold")
     table.add_column("value")

@@ -11,7 +11,7 @@ from edgehybrid.profiling.report import _figure, _img, html_page
 
 _SUFFIXES = (".json", ".md", ".html")
 KIND_COLOURS = {"convolution": "#1b9e77", "hybrid": "#7570b3", "attention": "#d95f02", None: "#777777"}
-SHARE_COLOURS = {"attention": "#d95f02", "convolution": "#1b9e77", "normalization": "#e6ab02", "other": "#999999"}
+SHARE_COLOURS = {"front_end": "#e7298a", "attention": "#d95f02", "convolution": "#1b9e77", "normalization": "#e6ab02", "other": "#999999"}
 
 
 def _pct(v, digits: int = 1) -> str:

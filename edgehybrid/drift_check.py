@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.preprocess import IMAGE_SUFFIXES, load_pixels, normalize
+from calibration.preprocess import files_text, load_sample, model_input, suffixes_of
 from calibration.sources import data_path
 from edgehybrid.drift import compare, points_change
 from edgehybrid.errors import InputError, suggest
@@ -26,7 +26,7 @@ from edgehybrid.requires import local_warning
 from edgehybrid.runtimes import run_batched
 from edgehybrid.reference import reference_model
 from edgehybrid.user_model import forward_batched
-from models_zoo.registry import Preprocessing
+from models_zoo.registry import AudioFrontEnd, Preprocessing, preprocessing_from_dict
 
 SCHEMA = "edgehybrid.check/1"
 CHUNK = 32  # images decoded at a time: memory stays flat whatever the folder holds
@@ -102,23 +102,26 @@ def read_manifest(artifact: Path, verify: bool = True) -> dict:
     return manifest
 
 
-def read_dataset(data: Path, classes: list[str] | None) -> Dataset:
-    """Images under ``data``: labelled when it holds only class sub-folders, unlabelled otherwise."""
+def read_dataset(data: Path, classes: list[str] | None, pre=None) -> Dataset:
+    """Images (or, for a speech model's ``pre``, sound files) under ``data``: labelled when it holds only class
+    sub-folders, unlabelled otherwise."""
+    pre = pre or _IMAGES
     data = data_path(data)
     if not data.is_dir():
-        raise InputError(f"--data {str(data)!r} is not a folder; pass a folder of images (one sub-folder per "
+        raise InputError(f"--data {str(data)!r} is not a folder; pass a folder of {pre.noun} (one sub-folder per "
                          "class for accuracy figures)")
+    suffixes = suffixes_of(pre)
 
     def images_in(folder: Path, recursive: bool) -> list[Path]:
         found = folder.rglob("*") if recursive else folder.iterdir()
-        return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in found if p.is_file() and p.suffix.lower() in suffixes)
 
     top = images_in(data, recursive=False)
     subdirs = sorted(d for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
     per_dir = {d.name: images_in(d, recursive=True) for d in subdirs}
     per_dir = {k: v for k, v in per_dir.items() if v}
     if not top and not per_dir:
-        raise InputError(f"--data {str(data)!r} holds no JPEG/PNG/WebP/BMP images")
+        raise InputError(f"--data {str(data)!r} holds no {files_text(pre)}")
     if top or not classes:  # loose images, or a model without class names: agreement figures only
         return Dataset(images_in(data, recursive=True), None, None, data)
     index = {c: i for i, c in enumerate(classes)}
@@ -136,12 +139,13 @@ def read_dataset(data: Path, classes: list[str] | None) -> Dataset:
     return Dataset(paths, np.asarray(labels, dtype=np.int64), list(classes), data)
 
 
-def preprocessing_of(manifest: dict) -> tuple[Preprocessing, bool]:
-    p = dict(manifest["preprocessing"])
-    in_graph = bool(p.pop("in_graph", False))
-    for key in ("crop", "mean", "std"):
-        p[key] = tuple(p[key])
-    return Preprocessing(**p), in_graph
+_IMAGES = Preprocessing(resize=1, crop=(1, 1))  # only its kind is read: image files
+
+
+def preprocessing_of(manifest: dict) -> tuple[Preprocessing | AudioFrontEnd, bool]:
+    """The artifact's preprocessing, and whether its normalization runs in the graph (images only)."""
+    doc = manifest["preprocessing"]
+    return preprocessing_from_dict(doc), bool(doc.get("in_graph", False))
 
 
 def open_session(manifest: dict, artifact: Path, threads: int):
@@ -169,14 +173,14 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
     if old_runtime and warn is not None:
         warn(old_runtime)
     classes = manifest.get("classes")
-    dataset = read_dataset(data, classes)
+    pre, in_graph = preprocessing_of(manifest)
+    dataset = read_dataset(data, classes, pre)
     paths, labels = dataset.paths, dataset.labels
     if max_images and max_images < len(paths):  # evenly spread over the sorted files: every class keeps its share
         keep = np.unique(np.linspace(0, len(paths) - 1, max_images).round().astype(int))
         paths = [paths[i] for i in keep]
         labels = None if labels is None else labels[keep]
     loaded, ref_label = reference_model(manifest, reference)
-    pre, in_graph = preprocessing_of(manifest)
     session, executed, method, reason = open_session(manifest, artifact, threads)
     in_info, out_info = manifest["inputs"][0], manifest["outputs"][0]
     batch = int(manifest.get("batch") or 1)
@@ -188,8 +192,8 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
     try:
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
-            pixels = np.stack([load_pixels(p, pre) for p in chunk])
-            normed = normalize(pixels, pre)
+            pixels = np.stack([load_sample(p, pre) for p in chunk])
+            normed = model_input(pixels, pre)
             with torch.no_grad():
                 refs.append(forward_batched(model, torch.from_numpy(normed), loaded.fixed_batch).numpy())
             feeds = pixels if in_graph else normed
@@ -228,8 +232,9 @@ def run_check(artifact: Path, data: Path, *, reference: str | None = None, thres
         "runtime": {"name": manifest.get("validation", {}).get("runtime") or manifest["target"], "executed": executed,
                     "method": method, "reason": reason, "threads": threads, "requirement_warning": old_runtime},
         "reference": ref_label,
-        "data": {"path": str(dataset.root), "labelled": labels is not None, "images": len(paths),
-                 "classes": len(dataset.classes) if dataset.classes else None},
+        # "images" counts the samples of either kind (the key predates sound); "kind" says which they are
+        "data": {"path": str(dataset.root), "labelled": labels is not None, "images": len(paths), "kind": pre.kind,
+                 "noun": pre.noun, "classes": len(dataset.classes) if dataset.classes else None},
         "metrics": metrics,
         "per_class": per_class,
         "worst_classes": sorted(per_class, key=lambda c: (-c["drop_pts"], c["artifact_top1_pct"]))[:5],
@@ -296,7 +301,7 @@ def _evaluate(t: Thresholds, m: dict, labelled: bool) -> list[dict]:
 def failure_line(report: dict) -> str:
     failed = [c for c in report["checks"] if not c["passed"]]
     what = "; ".join(f"{c['message']} (--{c['name']})" for c in failed)
-    return f"check failed for {Path(report['artifact']).name} on {report['data']['images']} images: {what}"
+    return f"check failed for {Path(report['artifact']).name} on {report['data']['images']} {report['data'].get('noun', 'images')}: {what}"
 
 
 # --------------------------------------------------------------------------------------------- reports
@@ -309,7 +314,7 @@ def markdown(report: dict) -> str:
     lines = [f"### edgehybrid check: {verdict} - `{Path(report['artifact']).name}`", "",
              f"{report['model']} · {report['target']} · {report['precision']} · {rt['method']}"
              + ("" if rt["executed"] else f" (not executed: {rt['reason']})"),
-             (f"reference: {report['reference']}; data: `{report['data']['path']}` ({m['images']} images, "
+             (f"reference: {report['reference']}; data: `{report['data']['path']}` ({m['images']} {report['data'].get('noun', 'images')}, "
              f"{'labelled' if report['data']['labelled'] else 'unlabelled'})"), "",
              "| figure | value |", "| --- | --- |"]
     if report["data"]["labelled"]:

@@ -30,7 +30,8 @@ def render_summary(m: dict, out: Console) -> None:
         c = next(iter(metrics.values()))
         verdict = "passed" if v["passed"] else "FAILED"
         how = v["method"] if v["executed"] else f"{v['method']} (not executed: {v['reason']})"
-        table.add_row("validation", f"{verdict} on {c['samples']} images via {how}: max-abs {c['max_abs']:.2e}, "
+        noun = "clips" if m["preprocessing"].get("kind") == "audio" else "images"
+        table.add_row("validation", f"{verdict} on {c['samples']} {noun} via {how}: max-abs {c['max_abs']:.2e}, "
                       f"cosine {c['cosine']:.6f}, {top1_text(c)}")
     else:
         table.add_row("validation", f"not executed: {v.get('reason')}")
@@ -58,6 +59,11 @@ def _tensor(t: dict) -> str:
 
 def preprocessing_text(pre: dict) -> str:
     """The preprocessing as steps a reader can follow, and who does them."""
+    if pre.get("kind") == "audio":
+        from calibration.audio import describe
+        from models_zoo.registry import preprocessing_from_dict
+
+        return describe(preprocessing_from_dict(pre))
     steps = (f"resize the shorter side to {pre['resize']}, centre-crop {pre['crop'][0]}x{pre['crop'][1]}, "
              f"divide by {pre['value_scale']:g}, subtract mean {pre['mean']}, divide by std {pre['std']}, "
              f"{pre['channel_order']} channel order")
@@ -74,7 +80,7 @@ def next_steps(m: dict) -> list[str]:
     from models_zoo.zoo import parse_ref
 
     artifact = shlex.quote(m["artifact"])
-    data = "DIR_OF_LABELLED_IMAGES"
+    data = "DIR_OF_LABELLED_CLIPS" if m["preprocessing"].get("kind") == "audio" else "DIR_OF_LABELLED_IMAGES"
     try:
         ckpt = parse_ref(m["model"])[1]
         folder = (ckpt.calibration or "").rsplit("/", 1)[0] if ckpt is not None else ""

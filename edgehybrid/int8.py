@@ -104,6 +104,8 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     log(f"calibrated {len(cal.layers)} layers ({method}) on {cal.samples} samples"
         + (f"; {holdout} held out for measurement" if holdout else ""))
     apply_float_layers(cal.layers, req.float_layers, "kept in float by --float-layers")
+    for prefix, reason in spec.float_modules:  # the model's own rule (a speech front end), said in the manifest
+        apply_float_layers(cal.layers, [n for n in cal.layers if n == prefix or n.startswith(prefix + ".")], reason)
 
     ranking: list[tuple[str, float]] = []
     steps: list[dict] = []

@@ -5,7 +5,8 @@ own per-module operation count; a multiply-accumulate is two of its flops). A mo
 rule ``edgehybrid profile --per-op`` uses for runtime time (:func:`edgehybrid.profiling.probe.in_attention`:
 its path or class says attention), so the MAC share and the time share of one model are read the same way.
 Every MAC inside an attention module is attention (its q/k/v projections included); convolutions outside one
-are convolution; the rest (feed-forward and classifier linears, ...) is other.
+are convolution; a speech model's in-graph front end (``frontend``: the DFT convolution and mel matmul) is
+front_end; the rest (feed-forward and classifier linears, ...) is other.
 
 The int8 share is read from an INT8 manifest's plan: the MACs of the layers that run in int8 on that target,
 over the plan's MACs.
@@ -48,8 +49,12 @@ def mac_breakdown(model, example) -> dict:
     attn = sum(sum(counts[f"{root}.{p}"].values()) for p in attn_paths)
     conv_all = sum(n for op, n in total_ops.items() if op.startswith(_CONV))
     conv_attn = sum(n for p in attn_paths for op, n in counts[f"{root}.{p}"].items() if op.startswith(_CONV))
-    macs = {"attention": attn // 2, "convolution": (conv_all - conv_attn) // 2}
-    macs["other"] = total // 2 - macs["attention"] - macs["convolution"]
+    front = counts.get(f"{root}.frontend", {})  # a speech model's in-graph log-mel: its own category
+    conv_front = sum(n for op, n in front.items() if op.startswith(_CONV))
+    macs = {"attention": attn // 2, "convolution": (conv_all - conv_attn - conv_front) // 2}
+    if front:
+        macs = {"front_end": sum(front.values()) // 2, **macs}
+    macs["other"] = total // 2 - sum(macs.values())
     denom = max(1, total // 2)
     return {"macs": total // 2, "params": sum(p.numel() for p in model.parameters()),
             "by_category": macs, "share": {k: round(v / denom, 4) for k, v in macs.items()},

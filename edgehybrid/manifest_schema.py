@@ -69,6 +69,12 @@ SOURCE = (("kind", _Field("'factory', 'pt2' or 'python'", lambda v: v in ("facto
 PREPROCESSING = (("resize", POS_INT, True), ("crop", CROP, True), ("interpolation", TEXT, False),
                  ("value_scale", POS_NUM, False), ("mean", MEAN, False), ("std", STD, False),
                  ("channel_order", ORDER, False), ("in_graph", BOOL, False))
+FEATURES = _Field("'inside' or 'outside'", lambda v: v in ("inside", "outside"))
+#: a speech model's front end (``"kind": "audio"``): what an app must reproduce to feed it
+AUDIO = (("sample_rate", POS_INT, True), ("clip_samples", POS_INT, True), ("n_fft", POS_INT, True),
+         ("win_length", POS_INT, True), ("hop_length", POS_INT, True), ("n_mels", POS_INT, True),
+         ("window", TEXT, True), ("mel_scale", TEXT, True), ("f_max", POS_NUM, True), ("log_offset", POS_NUM, True),
+         ("features", FEATURES, True))
 TENSOR = (("name", TEXT, True), ("shape", SHAPE, True), ("dtype", TEXT, True), ("layout", LAYOUT, False),
           ("scale", SCALE, False), ("zero_point", ZERO_POINT, False))
 
@@ -91,7 +97,8 @@ def load(path: Path) -> dict:
     if not isinstance(doc, dict):
         raise InputError(f"manifest {path.name} is not an edgehybrid manifest (a JSON object); re-export the artifact")
     _check(doc, TOP, "", path)
-    _check(doc["preprocessing"], PREPROCESSING, "preprocessing.", path)
+    audio = doc["preprocessing"].get("kind") == "audio"
+    _check(doc["preprocessing"], AUDIO if audio else PREPROCESSING, "preprocessing.", path)
     if "source" in doc:
         _check(doc["source"], SOURCE, "source.", path)
     for key in ("inputs", "outputs"):

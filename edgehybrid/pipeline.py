@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from calibration.preprocess import batched, find_images, load_batch, normalize, sample_images
+from calibration.preprocess import batched, files_text, find_inputs, load_batch, model_input, sample_images
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import top1_text
 from edgehybrid.errors import InputError
@@ -54,10 +54,11 @@ class ExportRequest:
     options: ExportOptions = field(default_factory=ExportOptions)
     num_classes: int | None = None
     input_size: tuple[int, int] | None = None
-    images: Path | None = None  # validation images; the bundled samples when None
+    images: Path | None = None  # validation images (clips for a speech model); the bundled samples when None
     max_images: int = 8
     threads: int = 2
     int8: Int8Request | None = None  # calibration and plan options, for calibrated int8 only
+    features: str | None = None  # speech models: "inside" (default: samples in) or "outside" (log-mel features in)
     # total -> a callable advanced with each count done, with close(): a progress bar (edgehybrid.console.progress)
     progress: Callable[[int], Callable[[int], None]] | None = field(default=None, compare=False)
     # a model of the user's own (``model`` is then file.py:factory, package.module:factory or a .pt2):
@@ -128,13 +129,32 @@ class ExportRequest:
                              f"(file.py:factory, package.module:factory or a .pt2); {self.model} brings its own "
                              "preprocessing (see 'edgehybrid info')")
         if src is None:
+            self._check_input_kind(parse_ref(self.model)[0])
             return
+        if self.features is not None:
+            raise InputError(f"--features applies to the zoo's speech models; {self.model} is a model of your own "
+                             "(drop --features)")
         for flag, given in (("--weights", self.weights), ("--num-classes", self.num_classes)):
             if given is not None:
                 what = "the program holds its weights and classes" if src.kind == "pt2" else \
                     "the factory builds the model with its weights and classes"
                 raise InputError(f"{flag} applies to zoo models; for {self.model} {what} (drop {flag})")
 
+
+
+    def _check_input_kind(self, spec) -> None:
+        """Options that only make sense for images, or only for sound."""
+        audio = spec.input_kind == "audio"
+        if self.features is not None and not audio:
+            raise InputError(f"--features applies to speech models; {self.model} takes images (drop --features)")
+        if self.features is not None and self.features not in ("inside", "outside"):
+            raise InputError(f"--features must be 'inside' (samples in, log-mel in the graph) or 'outside' (the "
+                             f"model takes log-mel features), got {self.features!r}")
+        if audio and self.options.normalize_in_graph:
+            raise InputError(f"--normalize-in-graph is for image models; {self.model} already computes its "
+                             "front end in the graph (or takes features with --features outside): drop it")
+        if audio and self.options.channels_last:
+            raise InputError(f"--channels-last is for image models; {self.model} takes audio (drop it)")
 
 
 def _check_versions(target: Target, options: ExportOptions) -> None:
@@ -188,7 +208,7 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     target = req.check()
     exporter = get_exporter(target)
     exporter.check_available()  # before any work: a missing backend is a one-line answer, not a late crash
-    images = _validation_images(req)  # cheap input checks first: a typo costs no model load
+    images = _validation_inputs(req)  # cheap input checks first: a typo costs no model load
     stem = artifact_stem(req.display_name(), req.precision)
     check_replaceable(Path(req.out_dir) / f"{stem}{target.suffix}", target.artifact_is_folder)
     with output_dir(req.out_dir) as out_dir:  # a failed export leaves no new empty folder
@@ -205,19 +225,20 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         if src is not None:
             loaded = load_source(src, req.user_card(src), options.batch, req.module, req.example)
         else:
-            loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size)
+            loaded = load_model(req.model, req.weights, num_classes=req.num_classes, input_size=req.input_size,
+                                features=req.features)
     timings["load"] = time.perf_counter() - t
     spec = loaded.spec
     log(f"loaded {spec.name} with {loaded.weights.describe()} in {timings['load']:.2f}s")
 
     pixels = load_batch(images, spec.preprocessing, normalized=False)  # decode once; normalize only if needed
     graph = NormalizeInGraph(loaded.model, spec.preprocessing).eval() if options.normalize_in_graph else loaded.model
-    feeds_nchw = pixels if options.normalize_in_graph else normalize(pixels, spec.preprocessing)
+    feeds_nchw = pixels if options.normalize_in_graph else model_input(pixels, spec.preprocessing)
     example = torch.from_numpy(batched(feeds_nchw, options.batch)[0])
     fp32_graph, quant = None, None
     if options.precision.calibrated:
         t = time.perf_counter()
-        norm_example = torch.from_numpy(batched(normalize(pixels, spec.preprocessing), options.batch)[0])
+        norm_example = torch.from_numpy(batched(model_input(pixels, spec.preprocessing), options.batch)[0])
         ckpt = parse_ref(req.model)[1] if src is None else None
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress,
                                     bundled_calib=ckpt.calibration if ckpt is not None else None)
@@ -243,11 +264,11 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         artifact.details["requires_from"] = {r.runtime: r.source for r in requirements}
 
         t = time.perf_counter()
-        with req.stepping(f"validating against PyTorch on {len(images)} images"):
+        with req.stepping(f"validating against PyTorch on {len(images)} {spec.preprocessing.noun}"):
             validation = validate(req.target, artifact, graph, feeds_nchw, options.batch, req.threads, images,
                                   fp32_graph)
         timings["validate"] = time.perf_counter() - t
-        log(_describe_validation(validation, timings["validate"]))
+        log(_describe_validation(validation, timings["validate"], spec.preprocessing.noun))
 
         timings["total"] = time.perf_counter() - t_start
         manifest = manifest_mod.build(
@@ -275,23 +296,30 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     return manifest
 
 
-def _validation_images(req: ExportRequest) -> list[Path]:
+def _validation_inputs(req: ExportRequest) -> list[Path]:
+    """The files validation runs on: --images (sound files for a speech model), or the bundled ones."""
+    src = req.source()
+    pre = parse_ref(req.model)[0].preprocessing if src is None else None
     if req.images is None:
-        images = sample_images()
+        found = sample_images(pre)
     else:
+        what = files_text(pre or _IMAGES)
         if not Path(req.images).is_dir():
-            raise InputError(f"--images {str(req.images)!r} is not a folder; pass a folder of JPEG/PNG/WebP/BMP images")
-        images = find_images(req.images)
-        if not images:
-            raise InputError(f"--images {str(req.images)!r} holds no JPEG/PNG/WebP/BMP images")
-    return images[: max(req.max_images, req.options.batch)]
+            raise InputError(f"--images {str(req.images)!r} is not a folder; pass a folder of {what}")
+        found = find_inputs(req.images, pre or _IMAGES)
+        if not found:
+            raise InputError(f"--images {str(req.images)!r} holds no {what}")
+    return found[: max(req.max_images, req.options.batch)]
 
 
-def _describe_validation(v: dict, seconds: float) -> str:
+_IMAGES = Preprocessing(resize=1, crop=(1, 1))  # what a model of the user's own reads: images
+
+
+def _describe_validation(v: dict, seconds: float, noun: str = "images") -> str:
     if v.get("metrics") is None:
         return f"validation: not executed ({v.get('reason')}); structure checked only"
     m = next(iter(v["metrics"].values()))
     head = "validated" if v["passed"] else "VALIDATION FAILED"
     how = "" if v["executed"] else f" [{v['method']}; not executed: {v['reason']}]"
-    return (f"{head} on {m['samples']} images in {seconds:.2f}s: max-abs {m['max_abs']:.2e}, "
+    return (f"{head} on {m['samples']} {noun} in {seconds:.2f}s: max-abs {m['max_abs']:.2e}, "
             f"cosine {m['cosine']:.6f}, {top1_text(m)}{how}")

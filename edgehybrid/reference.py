@@ -17,7 +17,10 @@ def reference_model(manifest: dict, reference: str | None):
     file for the manifest's architecture), else what the manifest says the artifact was exported from."""
     from models_zoo import load_model
 
-    size = tuple(manifest["preprocessing"]["crop"])
+    pre = manifest["preprocessing"]
+    audio = pre.get("kind") == "audio"
+    size = None if audio else tuple(pre["crop"])
+    extra = {"features": pre.get("features")} if audio else {}  # a speech model: in-graph front end or not
     num_classes = manifest.get("num_classes")
     arch = manifest.get("architecture") or manifest["model"].partition(".")[0]
     own = _user_reference(manifest, reference)
@@ -26,9 +29,9 @@ def reference_model(manifest: dict, reference: str | None):
     if reference is not None:
         ref = str(reference)
         if Path(ref).suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES or Path(ref).exists():
-            loaded = load_model(arch, weights=ref, num_classes=num_classes, input_size=size)
+            loaded = load_model(arch, weights=ref, num_classes=num_classes, input_size=size, **extra)
         else:
-            loaded = load_model(ref, num_classes=num_classes, input_size=size)
+            loaded = load_model(ref, num_classes=num_classes, input_size=size, **extra)
         return loaded, f"--reference {ref}"
     weights = manifest.get("weights") or {}
     kind = weights.get("kind")
@@ -43,11 +46,11 @@ def reference_model(manifest: dict, reference: str | None):
         if weights.get("sha256") and sha256_file(path) != weights["sha256"]:
             raise InputError(f"{str(path)!r} changed since the export (sha256 differs); pass --reference "
                              "with the weights the artifact was exported from")
-        loaded = load_model(arch, weights=str(path), num_classes=num_classes, input_size=size)
+        loaded = load_model(arch, weights=str(path), num_classes=num_classes, input_size=size, **extra)
     elif kind == "hub":
-        loaded = load_model(arch, weights=weights["source"], num_classes=num_classes, input_size=size)
+        loaded = load_model(arch, weights=weights["source"], num_classes=num_classes, input_size=size, **extra)
     else:  # bundled, or a tagged name
-        loaded = load_model(manifest["model"], num_classes=num_classes, input_size=size)
+        loaded = load_model(manifest["model"], num_classes=num_classes, input_size=size, **extra)
     return loaded, f"{manifest['model']} ({kind or 'checkpoint'} weights, from the manifest)"
 
 
@@ -61,6 +64,8 @@ def _user_reference(manifest: dict, reference):
     from edgehybrid.user_model import ModelSource, load_source, parse_source
 
     pre = manifest["preprocessing"]
+    if pre.get("kind") == "audio":  # models of the user's own take images (the zoo's speech models are the zoo's)
+        return None
     card = ModelCard(input_size=tuple(pre["crop"]), resize=pre["resize"], interpolation=pre.get("interpolation"),
                      mean=tuple(pre["mean"]), std=tuple(pre["std"]), value_scale=pre.get("value_scale"),
                      channel_order=pre.get("channel_order"),

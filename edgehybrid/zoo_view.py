@@ -27,7 +27,7 @@ def model_row(spec: ModelSpec) -> dict:
         "params": count_params(spec),
         "published_params_m": pub.params_m,
         "gmacs": pub.gmacs,
-        "input_size": [3, *spec.input_size],
+        "input_size": list(spec.input_shape),
         "num_classes": spec.num_classes,
         "top1": pub.top1,
         "latency_ms": pub.latency_ms,
@@ -68,7 +68,7 @@ def render_table(rows: list[dict], out: Console) -> None:
             kind,
             f"{r['params'] / 1e6:.2f}M",
             _fmt(r["gmacs"], ".2f"),
-            "x".join(str(v) for v in r["input_size"][1:]),
+            input_text(r["input_size"]),
             _fmt(r["top1"], ".1f"),
             latency,
         )
@@ -95,7 +95,8 @@ def checkpoint_rows() -> list[dict]:
             rows.append({
                 "name": f"{spec.name}.{c.tag}", "model": spec.name, "bundled": c.bundled_file is not None,
                 "weights": "bundled with edgehybrid (offline)" if c.bundled_file else f"hf-hub:{c.hf_hub_id} (online)",
-                "num_classes": c.num_classes or spec.num_classes, "input_size": [3, *size],
+                "num_classes": c.num_classes or spec.num_classes,
+                "input_size": list((c.preprocessing or spec.preprocessing).sample_shape(size)),
                 "top1": round(card["val_top1"] * 100, 2) if card else spec.published.top1,
                 "trained_on": _trained_on(card) if card else "ImageNet-1k (published checkpoint)",
                 "model_card": card.get("_card") if card else None,
@@ -119,7 +120,17 @@ def fixture_card(spec: ModelSpec, ckpt) -> dict | None:
     return card
 
 
+def input_text(shape: list[int]) -> str:
+    """An input shape as a reader says it: 64x64 for an image, 16000 samples for a clip."""
+    return "x".join(map(str, shape[1:])) if len(shape) == 3 else " x ".join(map(str, shape)) + (
+        " samples" if len(shape) == 1 else "")
+
+
 def _trained_on(card: dict) -> str:
+    if "val_clips" in card:  # a speech fixture
+        return (f"{card['tag']} ({card['num_classes']} words, {card['input_size'][0]} samples), trained here: val "
+                f"top-1 {card['val_top1'] * 100:.1f}% on {card['val_clips']} clips of unheard voices; model card "
+                f"{card['_card']}")
     h, w = card["input_size"]
     return (f"{card['tag'].upper() if card['tag'] == 'cifar10' else card['tag']} ({card['num_classes']} classes, "
             f"{h}x{w}), trained here: val top-1 {card['val_top1'] * 100:.1f}% on {card['val_images']} images; "
@@ -131,7 +142,7 @@ def render_tags(rows: list[dict], out: Console) -> None:
     for col in ("tag", "weights", "classes", "input", "top-1 %", "trained on"):
         table.add_column(col, no_wrap=col == "tag")
     for r in rows:
-        table.add_row(r["name"], r["weights"], str(r["num_classes"]), "x".join(map(str, r["input_size"][1:])),
+        table.add_row(r["name"], r["weights"], str(r["num_classes"]), input_text(r["input_size"]),
                       _fmt(r["top1"], ".1f"), r["trained_on"])
     out.print(table)
 
@@ -166,7 +177,7 @@ def model_info(ref: str, weights: str | None = None, num_classes: int | None = N
                 head = spec.builder(num_classes=ckpt.num_classes, input_size=ckpt.input_size or spec.input_size)
             doc["params"] = sum(p.numel() for p in head.parameters())
         if ckpt.input_size is not None:
-            doc["input_size"] = [3, *ckpt.input_size]
+            doc["input_size"] = list((ckpt.preprocessing or spec.preprocessing).sample_shape(ckpt.input_size))
         if ckpt.preprocessing is not None:
             doc["preprocessing"] = ckpt.preprocessing.to_dict()
         if card:

@@ -155,7 +155,7 @@ class CoreMLExporter(Exporter):
             "mil_opset": info["mil_opset"],
             "compute_precision": precision.name,
             "io_dtype": "float32",
-            "input_layout": "NCHW",
+            "input_layout": "NCHW" if example.ndim == 4 else None,
             "batch": int(example.shape[0]),
             "op_counts": info["op_counts"],
             "const_dtypes": info["const_dtypes"],
@@ -275,22 +275,28 @@ def _where(ep, name: str) -> str:
 def _annotate(mlmodel, spec: ModelSpec, options: ExportOptions, example: torch.Tensor) -> None:
     """Metadata a deployer (and our runtime) reads back from the package."""
     pre = spec.preprocessing
-    h, w = int(example.shape[2]), int(example.shape[3])
     mlmodel.author = "edgehybrid"
-    mlmodel.short_description = (
-        f"{spec.name}: {spec.family} image classifier ({spec.num_classes} classes, {h}x{w}), "
-        f"exported by edgehybrid ({options.precision})"
-    )
-    if options.normalize_in_graph:
-        feed = f"RGB pixels 0..{pre.value_scale:g} (normalization is inside the model)"
+    if pre.kind == "audio":
+        from calibration.audio import describe
+
+        mlmodel.short_description = (f"{spec.name}: {spec.family} keyword classifier ({spec.num_classes} classes), "
+                                     f"exported by edgehybrid ({options.precision})")
+        what = "samples in -1..1" if pre.features == "inside" else "log-mel features (mels x frames)"
+        mlmodel.input_description[INPUT_NAME] = f"float32 {what}, shape {tuple(example.shape)}: {describe(pre)}"
     else:
-        feed = f"RGB pixels / {pre.value_scale:g}, then (x - mean) / std per channel"
-    mlmodel.input_description[INPUT_NAME] = f"NCHW float32 image, shape {tuple(example.shape)}: {feed}"
+        h, w = int(example.shape[2]), int(example.shape[3])
+        mlmodel.short_description = (f"{spec.name}: {spec.family} image classifier ({spec.num_classes} classes, "
+                                     f"{h}x{w}), exported by edgehybrid ({options.precision})")
+        if options.normalize_in_graph:
+            feed = f"RGB pixels 0..{pre.value_scale:g} (normalization is inside the model)"
+        else:
+            feed = f"RGB pixels / {pre.value_scale:g}, then (x - mean) / std per channel"
+        mlmodel.input_description[INPUT_NAME] = f"NCHW float32 image, shape {tuple(example.shape)}: {feed}"
     mlmodel.output_description[OUTPUT_NAME] = f"float32 class logits, shape ({example.shape[0]}, {spec.num_classes})"
     meta = mlmodel.user_defined_metadata
     meta["edgehybrid.model"] = spec.name
     meta["edgehybrid.precision"] = options.precision.value
-    meta["edgehybrid.input_layout"] = "NCHW"
+    meta["edgehybrid.input_layout"] = "NCHW" if example.ndim == 4 else "none"
     meta["edgehybrid.normalize_in_graph"] = str(bool(options.normalize_in_graph)).lower()
     meta["edgehybrid.preprocessing"] = json.dumps(pre.to_dict())
 

@@ -113,11 +113,12 @@ class ExecuTorchExporter(Exporter):
             "warnings": [f"{sum(portable.values())} op(s) run on ExecuTorch's portable kernels, outside XNNPACK (slow): "
                          + ", ".join(f"{op} x{c}" for op, c in portable.items())] if portable else [],
         }
-        n, h, w = int(example.shape[0]), int(example.shape[2]), int(example.shape[3])
+        n = int(example.shape[0])
         num_classes = int(spec.num_classes) if spec is not None else -1
         return Artifact(
             path=out, target=self.name, precision=options.precision,
-            inputs=[TensorInfo(INPUT_NAME, (n, int(example.shape[1]), h, w), "float32", "NCHW")],
+            inputs=[TensorInfo(INPUT_NAME, tuple(int(d) for d in example.shape), "float32",
+                               "NCHW" if example.ndim == 4 else None)],
             outputs=[TensorInfo(OUTPUT_NAME, (n, num_classes), "float32")],
             versions={"executorch": version_of("executorch")}, details=details, timings_s=timings,
         )

@@ -93,6 +93,7 @@ class OnnxExporter(Exporter):
         if nhwc:
             module = _ChannelsLastInput(module)
         feed = example.permute(0, 2, 3, 1).contiguous() if nhwc else example
+        layout = ("NHWC" if nhwc else "NCHW") if example.ndim == 4 else "none"  # audio: (N, samples) has no layout
         what = f"{spec.name} ({options.precision})"
         opset = onnx_versions.choose_opset(options)
 
@@ -110,7 +111,7 @@ class OnnxExporter(Exporter):
                 v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None
             )
             details: dict = {"batch": int(feed.shape[0]), "external_data": weight_bytes > EXTERNAL_DATA_THRESHOLD_BYTES}
-            program.model.metadata_props.update(_metadata(spec, options, "NHWC" if nhwc else "NCHW"))
+            program.model.metadata_props.update(_metadata(spec, options, layout))
             pinned = options.opset is not None  # the user's opset is kept; otherwise the lowest that holds it
             if details["external_data"]:
                 mp = _write_external(onnx, program, out, what, details, timings)
@@ -128,7 +129,7 @@ class OnnxExporter(Exporter):
             op_types=dict(ops.most_common()),
             weight_dtypes=dict(Counter(_ONNX_DTYPES.get(i.data_type, str(i.data_type)) for i in mp.graph.initializer)),
             weight_bytes=weight_bytes,
-            input_layout="NHWC" if nhwc else "NCHW",
+            input_layout=layout,
             compute_dtype="float16" if options.precision == "fp16" else "float32",
         )
         versions = {
@@ -143,7 +144,7 @@ class OnnxExporter(Exporter):
             path=out,
             target=self.name,
             precision=options.precision,
-            inputs=[_tensor_info(v, layout="NHWC" if nhwc else "NCHW") for v in mp.graph.input],
+            inputs=[_tensor_info(v, layout=layout) for v in mp.graph.input],
             outputs=[_tensor_info(v) for v in mp.graph.output],
             versions=versions,
             details=details,

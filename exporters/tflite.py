@@ -94,9 +94,10 @@ class TFLiteExporter(Exporter):
     ) -> Artifact:
         """Convert ``model`` at ``example``'s (static) shape, write ``out`` and describe what is in it."""
         self.tolerance(options.precision)  # rejects an unsupported precision before the slow part
-        if example.ndim != 4:
-            raise InputError(f"TFLite export expects an NCHW example tensor, got shape {tuple(example.shape)}")
-        nhwc = options.channels_last is not False  # None: TFLite's convention, NHWC
+        image = example.ndim == 4  # else sound: (N, samples) or (N, mels, frames), fed as it is
+        if not image and options.channels_last:
+            raise InputError(f"channels-last applies to image input; this model takes shape {tuple(example.shape)}")
+        nhwc = image and options.channels_last is not False  # None: TFLite's convention for images, NHWC
         sample = (example.permute(0, 2, 3, 1) if nhwc else example).contiguous().float()
         wrapper = _Signature(model, nhwc).eval()
         timings: dict[str, float] = {}
@@ -147,7 +148,7 @@ class TFLiteExporter(Exporter):
                 f"litert-torch wrote no {SIGNATURE!r} signature with input {INPUT_NAME!r} "
                 f"(found {sorted(info['signatures'])}); this litert-torch version is not supported"
             )
-        layout = "NHWC" if nhwc else "NCHW"
+        layout = ("NHWC" if nhwc else "NCHW") if image else None
         inputs = [TensorInfo(i.name, i.shape, i.dtype, layout, i.scale, i.zero_point) for i in sig["inputs"]]
         details.update(
             signatures=sorted(info["signatures"]),

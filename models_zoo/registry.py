@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Protocol
 
+import torch
 from torch import nn
 
 from edgehybrid.errors import UnknownNameError
 
 Kind = Literal["convolution", "attention", "hybrid"]
+InputKind = Literal["image", "audio"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +47,13 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"
 
+    kind = "image"  # what the model hears or sees: images come as files of pixels
+    noun = "images"
+
+    def sample_shape(self, input_size: tuple[int, ...]) -> tuple[int, ...]:
+        """One sample's model input, without the batch: (3, H, W)."""
+        return (3, *input_size)
+
     def to_dict(self) -> dict:
         return {
             "resize": self.resize,
@@ -55,6 +64,70 @@ class Preprocessing:
             "std": list(self.std),
             "channel_order": self.channel_order,
         }
+
+
+@dataclass(frozen=True)
+class AudioFrontEnd:
+    """How a sound file becomes what a speech model takes, every parameter an app needs to reproduce it.
+
+    A clip is read as mono float samples in -1..1 (channels averaged, resampled to ``sample_rate``), then fitted
+    to ``clip_samples``: a longer clip keeps its centre, a shorter one is padded with zeros on both sides
+    equally (the extra sample at the end). The log-mel features are: frames of ``win_length`` samples every
+    ``hop_length`` (no centre padding), a periodic ``window``, the power spectrum of an ``n_fft``-point DFT,
+    ``n_mels`` triangular filters on the ``mel_scale`` between ``f_min`` and ``f_max`` (no area
+    normalization), then ``log(mel + log_offset)``; ``normalization`` "none" means no mean or variance
+    normalization after that. ``features``: "inside" when the model takes the samples and computes the
+    features in its graph (the default), "outside" when it takes the (n_mels, frames) features themselves.
+    """
+
+    sample_rate: int = 16000
+    clip_samples: int = 16000
+    n_fft: int = 400
+    win_length: int = 400
+    hop_length: int = 160
+    window: str = "hann"
+    n_mels: int = 40
+    f_min: float = 20.0
+    f_max: float = 8000.0
+    mel_scale: str = "htk"
+    power: float = 2.0
+    log_offset: float = 1e-6
+    normalization: str = "none"
+    features: Literal["inside", "outside"] = "inside"
+
+    kind = "audio"
+    noun = "clips"
+
+    @property
+    def frames(self) -> int:
+        return 1 + (self.clip_samples - self.win_length) // self.hop_length
+
+    def sample_shape(self, input_size: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """One sample's model input, without the batch: (clip_samples,) samples, or (n_mels, frames) features."""
+        return (self.clip_samples,) if self.features == "inside" else (self.n_mels, self.frames)
+
+    def to_dict(self) -> dict:
+        return {"kind": "audio", "sample_rate": self.sample_rate, "clip_samples": self.clip_samples,
+                "fit": "centre crop, or zero padding on both sides", "channels": "mixed to mono",
+                "n_fft": self.n_fft, "win_length": self.win_length, "hop_length": self.hop_length,
+                "window": f"{self.window} (periodic)", "center": False, "n_mels": self.n_mels, "f_min": self.f_min,
+                "f_max": self.f_max, "mel_scale": self.mel_scale, "mel_norm": None, "power": self.power,
+                "log_offset": self.log_offset, "normalization": self.normalization, "features": self.features,
+                "frames": self.frames}
+
+
+def preprocessing_from_dict(doc: dict) -> Preprocessing | AudioFrontEnd:
+    """A manifest's ``preprocessing`` back as the object it was written from (``in_graph`` and the derived or
+    descriptive keys of an audio front end are not fields)."""
+    d = dict(doc)
+    if d.pop("kind", "image") == "audio":
+        fields = AudioFrontEnd.__dataclass_fields__
+        d["window"] = str(d.get("window", "hann")).split(" ")[0]
+        return AudioFrontEnd(**{k: v for k, v in d.items() if k in fields})
+    d.pop("in_graph", None)
+    for key in ("crop", "mean", "std"):
+        d[key] = tuple(d[key])
+    return Preprocessing(**d)
 
 
 @dataclass(frozen=True)
@@ -109,8 +182,8 @@ class ModelSpec:
     family: str
     kind: Kind
     builder: Builder = field(repr=False)
-    input_size: tuple[int, int]
-    preprocessing: Preprocessing
+    input_size: tuple[int, ...]  # (H, W) for images; (samples,) for audio
+    preprocessing: Preprocessing | AudioFrontEnd
     published: Published
     num_classes: int = 1000
     # Inputs must be multiples of this (e.g. 32 for MobileViT: five stride-2 stages, patch 2 inside);
@@ -120,6 +193,23 @@ class ModelSpec:
     default_tag: str | None = None
     # attention inside a convolution model that its kind does not say (MobileNetV3's squeeze-and-excitation)
     kind_note: str = ""
+    # module paths the INT8 plan keeps in float whatever the calibration says, with the reason (a front end)
+    float_modules: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def input_kind(self) -> InputKind:
+        return self.preprocessing.kind
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's model input without the batch: (3, H, W) for images, (samples,) or (mels, frames) for audio."""
+        return self.preprocessing.sample_shape(self.input_size)
+
+    def example(self, batch: int = 1, seed: int | None = None) -> torch.Tensor:
+        """A random input of the model's shape (standard normal; for audio, samples scaled to speech level)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        x = torch.randn((batch, *self.input_shape), generator=gen)
+        return x * 0.1 if self.input_kind == "audio" and self.preprocessing.features == "inside" else x
 
     @property
     def input_size_overridable(self) -> bool:
@@ -152,7 +242,8 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         """A fresh, randomly initialised model in eval mode, for this spec's classes and input size."""
-        model = self.builder(num_classes=self.num_classes, input_size=self.input_size)
+        extra = {"front_end": self.preprocessing} if self.input_kind == "audio" else {}
+        model = self.builder(num_classes=self.num_classes, input_size=self.input_size, **extra)
         return model.eval()
 
 

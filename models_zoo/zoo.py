@@ -72,13 +72,15 @@ def load_model(
     *,
     num_classes: int | None = None,
     input_size: tuple[int, int] | None = None,
+    features: str | None = None,
 ) -> LoadedModel:
     """Build ``ref`` in eval mode and load its weights.
 
     ``weights`` is ``None`` (the tag's checkpoint, or the default published one for a bare name),
     ``"random"``, ``"hf-hub:<repo>"`` or a local file. ``num_classes`` / ``input_size`` override the
     spec where the architecture allows; a checkpoint that then no longer fits fails with the keys that
-    differ.
+    differ. ``features="outside"`` (speech models only) builds the model without its in-graph front end: it
+    then takes the log-mel features the spec describes.
     """
     spec, ckpt = parse_ref(ref)
     explicit_tag = ckpt is not None
@@ -91,6 +93,7 @@ def load_model(
         if ckpt.preprocessing is not None:
             spec = replace(spec, preprocessing=ckpt.preprocessing)
     spec = spec.with_overrides(num_classes=_check_classes(num_classes), input_size=_check_size(spec, input_size))
+    spec = _with_features(spec, features)
     model = spec.build()
 
     # a tag's class names also hold for other weights loaded into its configuration (a fine-tune, a test copy)
@@ -146,6 +149,17 @@ def _resolve(weights: str | Path | None, ckpt: Checkpoint | None, spec: ModelSpe
     return WeightsInfo("file", str(path), state_path, sha256_file(path) if path.is_file() else None)
 
 
+def _with_features(spec: ModelSpec, features: str | None) -> ModelSpec:
+    """The spec of a speech model whose front end runs inside its graph ("inside") or in the app ("outside")."""
+    if features is None:
+        return spec
+    if spec.input_kind != "audio":
+        raise EdgeHybridError(f"--features applies to speech models; {spec.name} takes images (drop --features)")
+    if features not in ("inside", "outside"):
+        raise EdgeHybridError(f"--features must be 'inside' or 'outside', got {features!r}")
+    return replace(spec, preprocessing=replace(spec.preprocessing, features=features))
+
+
 def _check_classes(num_classes: int | None) -> int | None:
     if num_classes is not None and num_classes < 1:
         raise EdgeHybridError(f"--num-classes must be at least 1, got {num_classes}")
@@ -155,6 +169,10 @@ def _check_classes(num_classes: int | None) -> int | None:
 def _check_size(spec: ModelSpec, input_size: tuple[int, int] | None) -> tuple[int, int] | None:
     if input_size is None:
         return None
+    if spec.input_kind == "audio":
+        if tuple(input_size) == tuple(spec.input_size):
+            return None
+        raise EdgeHybridError(f"{spec.name} takes a fixed {spec.input_size[0]}-sample clip; drop --input-size")
     h, w = (int(v) for v in input_size)
     if (h, w) == tuple(spec.input_size):
         return None

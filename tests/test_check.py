@@ -60,7 +60,8 @@ def test_good_int8_artifact_passes_with_junit_markdown_and_json(cli, int8_artifa
     # its own timing line, and no progress bar or runtime chatter when stderr is no terminal
     assert f"checked {int8_artifact.name} on 500 images in " in err
     assert "━" not in err and "INFO:" not in err and "absl" not in err
-    assert doc["passed"] and doc["data"] == {"path": str(EVAL), "labelled": True, "images": 500, "classes": 10}
+    assert doc["passed"] and doc["data"] == {"path": str(EVAL), "labelled": True, "images": 500, "kind": "image",
+                                         "noun": "images", "classes": 10}
     assert m["reference_top1_pct"] >= 75.0  # a trained model on its own validation images
     assert abs(m["top1_drop_pts"]) <= 1.0 and m["top1_agreement_pct"] >= 95.0 and m["cosine"] >= 0.98
     assert {c["class"] for c in doc["per_class"]} == {d.name for d in EVAL.iterdir()}

@@ -29,7 +29,9 @@ graph ORT optimized (saved to a temp file) and from there to the artifact's node
   inherit: from their bias Add when their own weight lost its name (``MatMul(x, val_12)``), else from their
   producer, else their consumer (``"weight names (heuristic)"``; on MobileViT-XXS it gives the same category
   for every node as the name scopes do).
-* category, first rule that matches: ``normalization``: a norm op type (LayerNormalization, Skip/Simplified
+* category, first rule that matches: ``front_end``: any op in a speech model's in-graph feature extraction (a
+  module path starting ``frontend``: the DFT convolution, power spectrum, mel matmul and log; only reported when
+  present); ``normalization``: a norm op type (LayerNormalization, Skip/Simplified
   LayerNormalization, BatchNormalization, InstanceNormalization, GroupNormalization ...); ``attention``:
   any other op inside an attention module (a path part ``attn``/``attention``/``self_attn``/``*_attn``, a
   scope class named ``*Attention*``, or ``token_mixer`` / ``context_module`` when classes are unknown): the
@@ -73,6 +75,7 @@ NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNorm
 ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "Softmax"}
 MATMUL_OPS = {"MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul"}
 ATTN_PARTS = {"attn", "attention", "self_attn", "mha"}
+FRONT_END_PARTS = {"frontend", "front_end"}
 
 
 class ProbeError(Exception):
@@ -291,6 +294,8 @@ def in_attention(path: str, classes) -> bool:
 
 
 def category(op: str, module, weightless_matmul: bool) -> str:
+    if module is not None and module[0].split(".")[0].lower() in FRONT_END_PARTS:
+        return "front_end"
     if op in NORM_OPS:
         return "normalization"
     if module is not None and in_attention(*module):
@@ -480,6 +485,7 @@ def summarize_ops(per_node: dict, n_runs: int, path: str, optimized) -> dict:
     by_name = {n["name"]: n for n in nodes}
     total = sum(us for us, _ in per_node.values()) or 1.0
     by_type, cats, by_mod = {}, dict.fromkeys(("attention", "convolution", "normalization", "other"), 0.0), {}
+    cats = {"front_end": 0.0, **cats}
     for name, (us, op) in per_node.items():
         node, module = by_name.get(name), modules.get(name)
         weightless = node is not None and not any(i in inits for i in node["inputs"])
@@ -499,7 +505,7 @@ def summarize_ops(per_node: dict, n_runs: int, path: str, optimized) -> dict:
         "source": "onnxruntime profiler", "total_ms": ms(total), "runs": n_runs,
         "by_op_type": [{"op_type": op, "ms": ms(us), "share": us / total, "count": c}
                        for op, (us, c) in sorted(by_type.items(), key=lambda kv: -kv[1][0])],
-        "by_category": {k: v / total for k, v in cats.items()},
+        "by_category": {k: v / total for k, v in cats.items() if v or k != "front_end"},
         "by_module": [{"module": m, "ms": ms(us), "share": us / total} for m, us in mods] if source else None,
         "module_source": source, "missing": None,
     }

@@ -24,8 +24,15 @@ from edgehybrid.errors import EdgeHybridError
 from edgehybrid.fsutil import check_output_file, write_report_file
 
 SCHEMA = "edgehybrid.profile-report/1"
-CATEGORIES = ("attention", "convolution", "normalization", "other")
-_COLOURS = {"attention": "#d95f02", "convolution": "#1b9e77", "normalization": "#7570b3", "other": "#999999"}
+CATEGORIES = ("front_end", "attention", "convolution", "normalization", "other")  # front_end: speech models only
+
+
+def categories_of(profiles: list[dict]) -> list[str]:
+    """The categories to show: every one but ``front_end`` where no profile has a front end."""
+    present = {c for p in profiles for c in (p["per_op"].get("by_category") or {})}
+    return [c for c in CATEGORIES if c != "front_end" or c in present]
+_COLOURS = {"front_end": "#e7298a", "attention": "#d95f02", "convolution": "#1b9e77", "normalization": "#7570b3",
+            "other": "#999999"}
 _SUFFIXES = (".json", ".md", ".html")
 _TOP_OPS = 12  # op types shown per artifact; the rest are summed into the table's total, not plotted
 
@@ -154,13 +161,14 @@ def to_markdown(doc: dict) -> str:
         out.append("| " + " | ".join(_md(_cell(row, k, f)) for k, _, f in _columns(rows)) + " |")
     with_ops = [p for p in profiles if _has_ops(p)]
     if with_ops:
+        shown = categories_of(with_ops)
         out += ["", "**Where the time goes** (share of per-op time)", "",
-                "| artifact | " + " | ".join(CATEGORIES) + " | top op types |",
-                "| --- |" + " ---: |" * len(CATEGORIES) + " --- |"]
+                "| artifact | " + " | ".join(shown) + " | top op types |",
+                "| --- |" + " ---: |" * len(shown) + " --- |"]
         for p in with_ops:
             cats = p["per_op"].get("by_category") or {}
             top = ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in p["per_op"]["by_op_type"][:3])
-            out.append(f"| {_md(_name(p))} | " + " | ".join(f"{cats.get(c, 0):.0%}" for c in CATEGORIES)
+            out.append(f"| {_md(_name(p))} | " + " | ".join(f"{cats.get(c, 0):.0%}" for c in shown)
                        + f" | {_md(top)} |")
     out.append("")
     out += [f"Setup: {_md(line)}  " for line in _setup_lines(profiles)]
@@ -242,7 +250,7 @@ def _category_plot(profiles: list[dict]) -> str:
     fig = _figure(9, 1.3 + 0.45 * len(with_ops))
     ax = fig.add_subplot()
     left = [0.0] * len(with_ops)
-    for cat in CATEGORIES:
+    for cat in categories_of(with_ops):
         shares = [(p["per_op"].get("by_category") or {}).get(cat, 0.0) for p in with_ops]
         bars = ax.barh(range(len(with_ops)), shares, left=left, color=_COLOURS[cat], label=cat)
         ax.bar_label(bars, labels=[f"{s:.0%}" if s >= 0.06 else "" for s in shares], label_type="center",
