@@ -12,6 +12,7 @@ from models_zoo import efficientformer_v2  # noqa: F401  isort: skip
 from models_zoo import efficientvit  # noqa: F401  isort: skip
 from models_zoo import botnet  # noqa: F401  isort: skip
 from models_zoo import cvt  # noqa: F401  isort: skip
+from models_zoo import conformer  # noqa: F401  isort: skip
 from models_zoo import baselines  # noqa: F401  isort: skip
 from models_zoo.registry import Checkpoint, ModelSpec, Preprocessing, Published, registered
 from models_zoo.zoo import LoadedModel, RandomWeightsWarning, get_spec, list_models, load_model, parse_ref

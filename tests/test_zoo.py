@@ -18,7 +18,7 @@ def test_zoo_has_every_required_model():
         "efficientformer_l1", "efficientformer_l3", "efficientformer_l7",
         "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l",
         "mobilenetv2_100", "mobilenetv3_large_100", "deit_tiny_patch16_224",
-        "cvt_13", "cvt_21", "botnet26t_256", "efficientvit_b0", "efficientvit_b1",
+        "cvt_13", "cvt_21", "botnet26t_256", "efficientvit_b0", "efficientvit_b1", "conformer_kws", "conformer_s",
     }
     assert required <= set(ALL), f"missing: {sorted(required - set(ALL))}"
 
@@ -28,8 +28,12 @@ def test_spec_is_complete(name):
     spec = get_spec(name)
     assert spec.kind in ("convolution", "attention", "hybrid")
     pre = spec.preprocessing
-    assert pre.crop == spec.input_size and pre.resize >= pre.crop[0]
-    assert len(pre.mean) == 3 and len(pre.std) == 3 and all(s > 0 for s in pre.std)
+    if spec.input_kind == "audio":  # a front end an app can reproduce: rate, window and features all stated
+        assert spec.input_shape == (pre.clip_samples,) and pre.sample_rate > 0 and pre.hop_length > 0
+        assert pre.win_length <= pre.n_fft and pre.f_max <= pre.sample_rate / 2 and spec.input_divisor is None
+    else:
+        assert pre.crop == spec.input_size and pre.resize >= pre.crop[0]
+        assert len(pre.mean) == 3 and len(pre.std) == 3 and all(s > 0 for s in pre.std)
     assert spec.published.params_m > 0 and spec.published.source.strip()
     if spec.published.latency_ms is not None:
         assert spec.published.latency_device, "a latency figure needs the device it was measured on"
@@ -44,7 +48,7 @@ def test_builds_runs_and_matches_published_params(name):
     params = sum(p.numel() for p in model.parameters())
     published = spec.published.params_m * 1e6
     assert abs(params - published) / published <= 0.02, f"{name}: {params} params vs published {published:.0f}"
-    x = torch.randn(1, 3, *spec.input_size)
+    x = spec.example(1)
     with torch.no_grad():
         y = model(x)
     assert y.shape == (1, spec.num_classes)
@@ -55,7 +59,7 @@ def test_builds_runs_and_matches_published_params(name):
 def test_torch_export_succeeds(name):
     spec = get_spec(name)
     model = spec.build()
-    x = torch.randn(1, 3, *spec.input_size)
+    x = spec.example(1)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x), atol=1e-5, rtol=1e-5)
@@ -103,5 +107,5 @@ def test_bundled_fixture_loads_offline_and_agrees_with_its_model_card(tagged):
     assert list(loaded.spec.input_size) == card["input_size"] and loaded.spec.num_classes == card["num_classes"]
     assert (FIXTURES_DIR / f"{tagged}.md").read_text().startswith(f"# {tagged}")
     with torch.no_grad():
-        y = loaded.model(torch.zeros(1, 3, *loaded.spec.input_size))
+        y = loaded.model(torch.zeros(1, *loaded.spec.input_shape))
     assert y.shape == (1, card["num_classes"]) and torch.isfinite(y).all()
