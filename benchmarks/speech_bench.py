@@ -1,0 +1,106 @@
+"""Speech: INT8 vs FP32 for the keyword-spotting Conformer, side by side in one run, same runtime and threads.
+
+For the bundled fixture ``conformer_kws.spoken_commands`` (1 s of 16 kHz samples in, log-mel front end in the
+graph): our FP32 and INT8 ONNX artifacts and ONNX Runtime's own ``quantize_static`` (QDQ, per-channel, calibrated
+on the same clips) on ONNX Runtime; our FP32 and INT8 TFLite artifacts and litert-torch's default full-int8
+recipe on LiteRT. Latency is the median over alternating rounds (int8_bench.py's timing); accuracy is top-1 on
+the 200 bundled labelled clips (voices never heard in training), with the agreement and cosine to the same
+runtime's FP32 beside it.
+
+    python benchmarks/speech_bench.py [--threads 2] [--runs 50] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+warnings.filterwarnings("ignore")
+
+from int8_bench import latency, naive_ort  # noqa: E402  (the same timing and ORT recipe as the vision bench)
+
+from calibration.preprocess import find_inputs, load_batch  # noqa: E402
+from calibration.sources import DATA_DIR  # noqa: E402
+from edgehybrid.drift import compare  # noqa: E402
+from edgehybrid.drift_check import read_dataset  # noqa: E402
+from edgehybrid.int8 import Int8Request  # noqa: E402
+from edgehybrid.pipeline import ExportRequest, run_export  # noqa: E402
+from edgehybrid.runtimes import get_runtime  # noqa: E402
+from exporters.base import ExportOptions  # noqa: E402
+from models_zoo import load_model  # noqa: E402
+
+FIXTURE = "conformer_kws.spoken_commands"
+RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
+
+
+def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -> Path:
+    """litert-torch's documented full-int8 recipe (PT2EQuantizer, symmetric per-channel) on the same model."""
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model.eval(), (example,)).module(), quantizer)
+    with torch.no_grad():
+        for i in range(len(calib)):
+            prepared(torch.from_numpy(calib[i:i + 1]))
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
+    loaded = load_model(FIXTURE)
+    fe = loaded.spec.preprocessing
+    calib = load_batch(find_inputs(DATA_DIR / "speech" / "calib", fe), fe)
+    data = read_dataset(DATA_DIR / "speech" / "eval", list(loaded.classes), fe)
+    clips, labels = load_batch(data.paths, fe), data.labels
+    with torch.no_grad():
+        torch_top1 = float((loaded.model(torch.from_numpy(clips)).argmax(1).numpy() == labels).mean())
+    arts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for target in RUNTIME:
+            for precision in ("fp32", "int8"):
+                m = run_export(ExportRequest(model=FIXTURE, target=target, out_dir=tmp, threads=args.threads,
+                                             options=ExportOptions(precision=precision),
+                                             int8=Int8Request() if precision == "int8" else None))
+                arts[target, precision] = Path(m["artifact"])
+        arts["onnx", "ort quantize_static"] = naive_ort(arts["onnx", "fp32"], calib, tmp / "ort_static.onnx")
+        arts["tflite", "litert-torch default"] = litert_default(loaded.model, torch.from_numpy(clips[:1]), calib,
+                                                                tmp / "litert_default.tflite")
+        sessions, outputs = {}, {}
+        for (target, kind), path in arts.items():
+            session = get_runtime(RUNTIME[target]).load(path, threads=args.threads)
+            name = session.inputs[0].name
+            outputs[target, kind] = np.concatenate([next(iter(session.run({name: clips[i:i + 1]}).values()))
+                                                    for i in range(len(clips))])
+            sessions[target, kind] = (session, {name: clips[:1]})
+        lat = latency(sessions, None, args.runs, args.rounds)
+    print(f"# {FIXTURE}: {args.threads} threads, median of {args.rounds} alternating rounds x {args.runs} runs; "
+          f"top-1 on {len(clips)} labelled clips of unheard voices (PyTorch FP32: {torch_top1:.2%})")
+    print(f"{'runtime':12s} {'artifact':22s} {'p50 ms':>8s} {'vs fp32':>8s} {'top-1':>7s} {'agr fp32':>9s} "
+          f"{'cosine':>8s}")
+    for (target, kind), ms in lat.items():
+        c = compare(outputs[target, "fp32"], outputs[target, kind])
+        top1 = float((outputs[target, kind].argmax(1) == labels).mean())
+        print(f"{RUNTIME[target]:12s} {kind:22s} {ms:8.3f} {lat[target, 'fp32'] / ms:7.2f}x {top1:7.2%} "
+              f"{c.top1_agreement:8.1%} {c.cosine:8.5f}")
+
+
+if __name__ == "__main__":
+    main()
