@@ -178,9 +178,9 @@ def profile_cmd(
 def check_cmd(
     artifact: Path = typer.Argument(..., help="An exported artifact (.onnx, .tflite, .mlpackage, .pte) with its manifest."),
     data: Path = typer.Option(
-        ..., "--data", help="Folder of images: one sub-folder per class (named as the model's classes) for "
-        "accuracy, or loose images for agreement figures only. bundled:cifar10/eval names the package's own "
-        "500 labelled CIFAR-10 validation images.",
+        ..., "--data", help="Folder of images (sound files for a speech model): one sub-folder per class (named "
+        "as the model's classes) for accuracy, or loose files for agreement figures only. bundled:cifar10/eval and "
+        "bundled:speech/eval name the package's own 500 labelled CIFAR-10 images and 200 labelled spoken words.",
     ),
     reference: Optional[str] = typer.Option(
         None, "--reference", help="FP32 reference: a zoo name[.tag] or a weights file (default: the manifest's model)."
@@ -196,7 +196,7 @@ def check_cmd(
         False, "--no-verify", help="Check an artifact whose manifest has no sha256 (or no longer matches it)."
     ),
 ) -> None:
-    """Measure an artifact's drift from its FP32 PyTorch model on real images; exit 1 when a threshold fails."""
+    """Measure an artifact's drift from its FP32 PyTorch model on real data; exit 1 when a threshold fails."""
     from edgehybrid import drift_check as check_mod
     from edgehybrid.errors import CheckFailedError
     from edgehybrid.fsutil import check_output_file, write_report_file
@@ -209,7 +209,8 @@ def check_cmd(
     _progress(json_out)
     result = check_mod.run_check(artifact, data, reference=reference, thresholds=thresholds, threads=threads,
                                  progress=console.progress, warn=console.warn, verify=not no_verify)
-    console.info(f"checked {artifact.name} on {result['metrics']['images']} images in {result['seconds']:.1f}s")
+    console.info(f"checked {artifact.name} on {result['metrics']['images']} {result['data'].get('noun', 'images')} "
+                 f"in {result['seconds']:.1f}s")
     if not result["runtime"]["executed"]:
         console.warn(f"{artifact.name} was not executed: {result['runtime']['reason']}; figures are "
                      f"{result['runtime']['method']}")

@@ -362,8 +362,10 @@ def _fp32_model(manifest: dict):
     if (manifest.get("weights") or {}).get("kind") == "random":  # MACs do not depend on the weights
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            pre = manifest["preprocessing"]
+            size = {"features": pre.get("features")} if pre.get("kind") == "audio" else {"input_size": tuple(pre["crop"])}
             return load_model(manifest["architecture"], weights="random", num_classes=manifest.get("num_classes"),
-                              input_size=tuple(manifest["preprocessing"]["crop"])).model.eval()
+                              **size).model.eval()
     loaded, _ = reference_model(manifest, None)
     return loaded.model.eval()
 

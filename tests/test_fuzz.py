@@ -174,6 +174,43 @@ OPTIONS = {
 }
 
 
+SPEECH = "conformer_kws.spoken_commands"
+
+
+def _wav(samples, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, np.asarray(samples, dtype=np.float32), rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def _rate_zero() -> bytes:
+    data = bytearray(_wav(np.zeros(1600)))
+    data[24:28] = (0).to_bytes(4, "little")  # the fmt chunk's sample rate
+    return bytes(data)
+
+
+#: sound files a speech model refuses, by name (suffix included)
+BAD_CLIPS = {
+    "corrupt.wav": lambda: b"RIFF\x10\x00\x00\x00WAVEnot really",
+    "empty.wav": lambda: b"",
+    "rate-zero.wav": _rate_zero,
+    "nan.wav": lambda: _wav(np.full(800, np.nan), subtype="FLOAT"),
+    "text.flac": lambda: b"hello, this is not FLAC",
+    "no-samples.wav": lambda: _wav(np.zeros(0)),
+}
+
+#: speech options refused before any work: (model, extra arguments)
+SPEECH_OPTIONS = {
+    "features-on-an-image-model": (FIXTURE, ["--features", "outside"]),
+    "features-typo": (SPEECH, ["--features", "insde"]),
+    "normalize-in-graph-on-audio": (SPEECH, ["--normalize-in-graph"]),
+    "input-size-on-audio": (SPEECH, ["--input-size", "1", "8000"]),
+    "calib-npz-of-images-for-audio": (SPEECH, ["--int8", "--calib", "IMAGES_NPZ"]),
+}
+
+
 def _cases() -> list[tuple[str, str, object]]:
     cases = [("image", name, name) for name in BAD_IMAGES]
     cases += [("calib-images", name, name) for name in BAD_IMAGES]
@@ -190,6 +227,8 @@ def _cases() -> list[tuple[str, str, object]]:
     cases += [("device", d, d) for d in DEVICES]
     cases += [("option", name, name) for name in OPTIONS]
     cases += [("compare", name, name) for name in COMPARE]
+    cases += [("clip", name, name) for name in BAD_CLIPS] + [("calib-clips", name, name) for name in BAD_CLIPS]
+    cases += [("speech-option", name, name) for name in SPEECH_OPTIONS]
     return cases
 
 
@@ -234,6 +273,18 @@ def _args(cls: str, case, tmp: Path) -> list:
         if cls == "image":
             return ["export", FIXTURE, "-t", "onnx", "--images", folder, "-o", out]
         return ["export", FIXTURE, "-t", "onnx", "--int8", "--calib", folder, "--calib-size", "1", "-o", out]
+    if cls in ("clip", "calib-clips"):
+        folder = tmp / "clips"
+        folder.mkdir()
+        (folder / case).write_bytes(BAD_CLIPS[case]())
+        if cls == "clip":
+            return ["export", SPEECH, "-t", "onnx", "--images", folder, "-o", out]
+        return ["export", SPEECH, "-t", "onnx", "--int8", "--calib", folder, "--calib-size", "1", "-o", out]
+    if cls == "speech-option":
+        model, extra = SPEECH_OPTIONS[case]
+        np.savez(tmp / "images.npz", input=np.zeros((4, 3, 64, 64), dtype=np.float32))
+        extra = [tmp / "images.npz" if a == "IMAGES_NPZ" else a for a in extra]
+        return ["export", model, "-t", "onnx", *extra, "-o", out]
     if cls == "tensors":
         return ["export", FIXTURE, "-t", "onnx", "--int8", "--calib", _tensor_file(tmp, case), "-o", out]
     if cls == "weights":
