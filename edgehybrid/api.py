@@ -65,13 +65,16 @@ class CheckReport:
 
 def export(model, example_input=None, *, target: str, precision: str = "fp32", out: str | Path = "exports",
            calib: str | Path | None = None, preprocessing=None, classes: list[str] | None = None,
-           name: str | None = None, images: str | Path | None = None, threads: int = 2, **int8_options) -> Exported:
+           name: str | None = None, images: str | Path | None = None, threads: int = 2, features: str | None = None,
+           **int8_options) -> Exported:
     """Export ``model`` to ``target``, validate it against PyTorch and write it with its manifest into ``out``.
 
     ``model``: an ``nn.Module`` or ``torch.export.ExportedProgram`` (with ``example_input``, one
     ``[batch, 3, H, W]`` tensor), or a string as on the command line (a zoo name, ``file.py:factory``,
     ``model.pt2``). ``preprocessing``: an :class:`edgehybrid.Preprocessing` or ``"none"`` (raw 0..255
-    pixels in), required for a model of your own. ``int8_options``: ``calib_size``, ``seed``,
+    pixels in), required for a model of your own. ``images``: validation inputs (sound files for a speech model);
+    ``features``: for a zoo speech model, "inside" (samples in, the default) or "outside" (log-mel features in).
+    ``int8_options``: ``calib_size``, ``seed``,
     ``calib_method``, ``sensitivity``, ``max_drift``, ``float_layers`` as on the command line.
     """
     import torch
@@ -103,7 +106,7 @@ def export(model, example_input=None, *, target: str, precision: str = "fp32", o
         card = _card(preprocessing, classes, name)
     request = ExportRequest(model=str(ref), target=target, out_dir=Path(out), options=options, threads=threads,
                             images=None if images is None else Path(images), int8=int8, card=card, module=module,
-                            example=example_input)
+                            example=example_input, features=features)
     manifest = run_export(request)
     return Exported(Path(out) / Path(manifest["artifact"]).name, manifest, model=module)
 

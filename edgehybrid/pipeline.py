@@ -140,8 +140,6 @@ class ExportRequest:
                     "the factory builds the model with its weights and classes"
                 raise InputError(f"{flag} applies to zoo models; for {self.model} {what} (drop {flag})")
 
-
-
     def _check_input_kind(self, spec) -> None:
         """Options that only make sense for images, or only for sound."""
         audio = spec.input_kind == "audio"

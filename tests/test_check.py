@@ -115,10 +115,10 @@ def test_coreml_on_linux_is_labelled_simulated(cli, tmp_path):
     code, _, err = cli("export", FIXTURE, "--target", "coreml", "--int8", "--out", tmp_path / "cm")
     assert code == 0, err
     artifact = next((tmp_path / "cm").glob("*.mlpackage"))
-    # 15 images a class (the MIL reference evaluation runs in numpy: all 500 took 3.5 minutes on 2 cores); one
-    # flipped prediction is 0.67 points here, so the agreement bar is 90%, not the default 95%
-    code, out, err = cli("check", artifact, "--data", _small_eval(tmp_path, 15), "--min-agreement", "90",
-                         "--max-top1-drop", "3", "--json")
+    # 6 images a class (the MIL reference evaluation runs in numpy: all 500 took 3.5 minutes on 2 cores, 150 took
+    # 2.8 minutes in CI); one flipped prediction is 1.7 points here, so the agreement bar is 90%, not 95%
+    code, out, err = cli("check", artifact, "--data", _small_eval(tmp_path, 6), "--min-agreement", "90",
+                         "--max-top1-drop", "5", "--json")
     assert code == 0, err
     doc = json.loads(out)
     if sys.platform == "darwin":
@@ -126,7 +126,7 @@ def test_coreml_on_linux_is_labelled_simulated(cli, tmp_path):
     else:
         assert not doc["runtime"]["executed"] and doc["runtime"]["method"].startswith("simulated")
         assert "not executed" in err or "was not executed" in err
-    assert doc["metrics"]["images"] == 150 and doc["metrics"]["top1_agreement_pct"] >= 90.0
+    assert doc["metrics"]["images"] == 60 and doc["metrics"]["top1_agreement_pct"] >= 90.0
 
 
 def _rename_class(tmp_path: Path) -> Path:
