@@ -58,6 +58,8 @@ def naive_ort(fp32: Path, calib: np.ndarray, out: Path) -> Path:
 
 
 def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -> Path:
+    """litert-torch's documented full-int8 recipe (PT2EQuantizer, symmetric per-channel) on ``model``, fed NHWC
+    like our artifacts when it takes images (4-D), as it is otherwise (a speech model's samples)."""
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
@@ -66,21 +68,26 @@ def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    image = example.ndim == 4
+
+    def feed(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).contiguous() if image else x
+
     class NHWC(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
         def forward(self, input):
-            return {"logits": self.m(input.permute(0, 3, 1, 2))}
+            return {"logits": self.m(input.permute(0, 3, 1, 2) if image else input)}
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    nhwc = example.permute(0, 2, 3, 1).contiguous()
+    nhwc = feed(example)
     gm = torch.export.export(NHWC(model).eval(), (nhwc,)).module()
     prepared = prepare_pt2e(gm, quantizer)
     with torch.no_grad():
         for i in range(len(calib)):
-            prepared(torch.from_numpy(calib[i:i + 1]).permute(0, 2, 3, 1).contiguous())
+            prepared(feed(torch.from_numpy(calib[i:i + 1])))
     converted = convert_pt2e(prepared, fold_quantize=False)
     edge = litert_torch.convert(converted, (nhwc,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
     edge.export(str(out))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore")
 
-from int8_bench import latency, naive_ort  # noqa: E402  (the same timing and ORT recipe as the vision bench)
+from int8_bench import latency, litert_default, naive_ort  # noqa: E402  (the vision bench's timing and recipes)
 
 from calibration.preprocess import find_inputs, load_batch  # noqa: E402
 from calibration.sources import DATA_DIR  # noqa: E402
@@ -39,23 +39,6 @@ from models_zoo import load_model  # noqa: E402
 
 FIXTURE = "conformer_kws.spoken_commands"
 RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
-
-
-def litert_default(model, example: torch.Tensor, calib: np.ndarray, out: Path) -> Path:
-    """litert-torch's documented full-int8 recipe (PT2EQuantizer, symmetric per-channel) on the same model."""
-    import litert_torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model.eval(), (example,)).module(), quantizer)
-    with torch.no_grad():
-        for i in range(len(calib)):
-            prepared(torch.from_numpy(calib[i:i + 1]))
-    converted = convert_pt2e(prepared, fold_quantize=False)
-    litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
-    return out
 
 
 def main() -> None:

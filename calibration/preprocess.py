@@ -101,6 +101,11 @@ def find_images(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> lis
 # functions are all that calibration, validation and ``check`` need to know of the difference.
 
 
+#: the preprocessing of "image files" where no model's own is at hand (a model of the user's own, an unknown
+#: manifest): only its kind is read
+IMAGE_FILES = Preprocessing(resize=1, crop=(1, 1))
+
+
 def suffixes_of(pre) -> tuple[str, ...]:
     """The file suffixes a model with this preprocessing reads."""
     if pre.kind == "audio":

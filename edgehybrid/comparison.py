@@ -356,16 +356,14 @@ def macs_stage(req: CompareRequest, manifest: dict) -> tuple[dict, bool, Path | 
 
 
 def _fp32_model(manifest: dict):
-    from edgehybrid.reference import reference_model
+    from edgehybrid.reference import build_args, reference_model
     from models_zoo import load_model
 
     if (manifest.get("weights") or {}).get("kind") == "random":  # MACs do not depend on the weights
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pre = manifest["preprocessing"]
-            size = {"features": pre.get("features")} if pre.get("kind") == "audio" else {"input_size": tuple(pre["crop"])}
             return load_model(manifest["architecture"], weights="random", num_classes=manifest.get("num_classes"),
-                              **size).model.eval()
+                              **build_args(manifest["preprocessing"])).model.eval()
     loaded, _ = reference_model(manifest, None)
     return loaded.model.eval()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.preprocess import files_text, load_sample, model_input, suffixes_of
+from calibration.preprocess import IMAGE_FILES, files_text, load_sample, model_input, suffixes_of
 from calibration.sources import data_path
 from edgehybrid.drift import compare, points_change
 from edgehybrid.errors import InputError, suggest
@@ -105,7 +105,7 @@ def read_manifest(artifact: Path, verify: bool = True) -> dict:
 def read_dataset(data: Path, classes: list[str] | None, pre=None) -> Dataset:
     """Images (or, for a speech model's ``pre``, sound files) under ``data``: labelled when it holds only class
     sub-folders, unlabelled otherwise."""
-    pre = pre or _IMAGES
+    pre = pre or IMAGE_FILES
     data = data_path(data)
     if not data.is_dir():
         raise InputError(f"--data {str(data)!r} is not a folder; pass a folder of {pre.noun} (one sub-folder per "
@@ -137,9 +137,6 @@ def read_dataset(data: Path, classes: list[str] | None, pre=None) -> Dataset:
         paths += files
         labels += [index[name]] * len(files)
     return Dataset(paths, np.asarray(labels, dtype=np.int64), list(classes), data)
-
-
-_IMAGES = Preprocessing(resize=1, crop=(1, 1))  # only its kind is read: image files
 
 
 def preprocessing_of(manifest: dict) -> tuple[Preprocessing | AudioFrontEnd, bool]:

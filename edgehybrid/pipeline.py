@@ -17,7 +17,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from calibration.preprocess import batched, files_text, find_inputs, load_batch, model_input, sample_images
+from calibration.preprocess import (
+    IMAGE_FILES,
+    batched,
+    files_text,
+    find_inputs,
+    load_batch,
+    model_input,
+    sample_images,
+)
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import top1_text
 from edgehybrid.errors import InputError
@@ -35,7 +43,7 @@ from edgehybrid.targets import Precision, Target, all_targets, get_target
 from edgehybrid.validate import raise_for, validate
 from exporters.base import ExportOptions, get_exporter
 from models_zoo import load_model
-from models_zoo.zoo import parse_ref
+from models_zoo.zoo import check_features, parse_ref
 from models_zoo.registry import Preprocessing
 from edgehybrid.model_card import ModelCard
 from edgehybrid.user_model import ModelSource, load_source, parse_source, resolve_card
@@ -142,12 +150,8 @@ class ExportRequest:
 
     def _check_input_kind(self, spec) -> None:
         """Options that only make sense for images, or only for sound."""
+        check_features(spec, self.features, self.model)
         audio = spec.input_kind == "audio"
-        if self.features is not None and not audio:
-            raise InputError(f"--features applies to speech models; {self.model} takes images (drop --features)")
-        if self.features is not None and self.features not in ("inside", "outside"):
-            raise InputError(f"--features must be 'inside' (samples in, log-mel in the graph) or 'outside' (the "
-                             f"model takes log-mel features), got {self.features!r}")
         if audio and self.options.normalize_in_graph:
             raise InputError(f"--normalize-in-graph is for image models; {self.model} already computes its "
                              "front end in the graph (or takes features with --features outside): drop it")
@@ -301,16 +305,14 @@ def _validation_inputs(req: ExportRequest) -> list[Path]:
     if req.images is None:
         found = sample_images(pre)
     else:
-        what = files_text(pre or _IMAGES)
+        what = files_text(pre or IMAGE_FILES)
         if not Path(req.images).is_dir():
             raise InputError(f"--images {str(req.images)!r} is not a folder; pass a folder of {what}")
-        found = find_inputs(req.images, pre or _IMAGES)
+        found = find_inputs(req.images, pre or IMAGE_FILES)
         if not found:
             raise InputError(f"--images {str(req.images)!r} holds no {what}")
     return found[: max(req.max_images, req.options.batch)]
 
-
-_IMAGES = Preprocessing(resize=1, crop=(1, 1))  # what a model of the user's own reads: images
 
 
 def _describe_validation(v: dict, seconds: float, noun: str = "images") -> str:

@@ -12,15 +12,20 @@ from edgehybrid.errors import InputError
 from models_zoo.weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, sha256_file
 
 
+def build_args(pre: dict) -> dict:
+    """``load_model`` keywords that rebuild the model a manifest's ``preprocessing`` describes: its input size for
+    an image model; for a speech model, whether its front end is in the graph."""
+    if pre.get("kind") == "audio":
+        return {"features": pre.get("features")}
+    return {"input_size": tuple(pre["crop"])}
+
+
 def reference_model(manifest: dict, reference: str | None):
     """The FP32 PyTorch model the artifact is compared with: ``--reference`` (a zoo name[.tag] or a weights
     file for the manifest's architecture), else what the manifest says the artifact was exported from."""
     from models_zoo import load_model
 
-    pre = manifest["preprocessing"]
-    audio = pre.get("kind") == "audio"
-    size = None if audio else tuple(pre["crop"])
-    extra = {"features": pre.get("features")} if audio else {}  # a speech model: in-graph front end or not
+    args = build_args(manifest["preprocessing"])
     num_classes = manifest.get("num_classes")
     arch = manifest.get("architecture") or manifest["model"].partition(".")[0]
     own = _user_reference(manifest, reference)
@@ -29,9 +34,9 @@ def reference_model(manifest: dict, reference: str | None):
     if reference is not None:
         ref = str(reference)
         if Path(ref).suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES or Path(ref).exists():
-            loaded = load_model(arch, weights=ref, num_classes=num_classes, input_size=size, **extra)
+            loaded = load_model(arch, weights=ref, num_classes=num_classes, **args)
         else:
-            loaded = load_model(ref, num_classes=num_classes, input_size=size, **extra)
+            loaded = load_model(ref, num_classes=num_classes, **args)
         return loaded, f"--reference {ref}"
     weights = manifest.get("weights") or {}
     kind = weights.get("kind")
@@ -46,11 +51,11 @@ def reference_model(manifest: dict, reference: str | None):
         if weights.get("sha256") and sha256_file(path) != weights["sha256"]:
             raise InputError(f"{str(path)!r} changed since the export (sha256 differs); pass --reference "
                              "with the weights the artifact was exported from")
-        loaded = load_model(arch, weights=str(path), num_classes=num_classes, input_size=size, **extra)
+        loaded = load_model(arch, weights=str(path), num_classes=num_classes, **args)
     elif kind == "hub":
-        loaded = load_model(arch, weights=weights["source"], num_classes=num_classes, input_size=size, **extra)
+        loaded = load_model(arch, weights=weights["source"], num_classes=num_classes, **args)
     else:  # bundled, or a tagged name
-        loaded = load_model(manifest["model"], num_classes=num_classes, input_size=size, **extra)
+        loaded = load_model(manifest["model"], num_classes=num_classes, **args)
     return loaded, f"{manifest['model']} ({kind or 'checkpoint'} weights, from the manifest)"
 
 

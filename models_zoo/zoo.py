@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgehybrid.errors import EdgeHybridError, EdgeHybridWarning, UnknownNameError
+from edgehybrid.errors import EdgeHybridError, EdgeHybridWarning, InputError, UnknownNameError
 from models_zoo.registry import Checkpoint, ModelSpec, registered
 from models_zoo.weights import (
     HF_PREFIX,
@@ -149,14 +149,24 @@ def _resolve(weights: str | Path | None, ckpt: Checkpoint | None, spec: ModelSpe
     return WeightsInfo("file", str(path), state_path, sha256_file(path) if path.is_file() else None)
 
 
+def check_features(spec: ModelSpec, features: str | None, name: str | None = None) -> None:
+    """``features`` ("inside": samples in, log-mel in the graph; "outside": log-mel features in) suits speech
+    models only; the one rule ``load_model`` and ``ExportRequest.check`` both apply."""
+    if features is None:
+        return
+    if spec.input_kind != "audio":
+        raise InputError(f"--features applies to speech models; {name or spec.name} takes images "
+                         "(drop --features)")
+    if features not in ("inside", "outside"):
+        raise InputError(f"--features must be 'inside' (samples in, log-mel in the graph) or 'outside' (the "
+                         f"model takes log-mel features), got {features!r}")
+
+
 def _with_features(spec: ModelSpec, features: str | None) -> ModelSpec:
     """The spec of a speech model whose front end runs inside its graph ("inside") or in the app ("outside")."""
+    check_features(spec, features)
     if features is None:
         return spec
-    if spec.input_kind != "audio":
-        raise EdgeHybridError(f"--features applies to speech models; {spec.name} takes images (drop --features)")
-    if features not in ("inside", "outside"):
-        raise EdgeHybridError(f"--features must be 'inside' or 'outside', got {features!r}")
     return replace(spec, preprocessing=replace(spec.preprocessing, features=features))
 
 

@@ -484,8 +484,8 @@ def summarize_ops(per_node: dict, n_runs: int, path: str, optimized) -> dict:
               else "weight names (heuristic)" if orig_mod else None)
     by_name = {n["name"]: n for n in nodes}
     total = sum(us for us, _ in per_node.values()) or 1.0
-    by_type, cats, by_mod = {}, dict.fromkeys(("attention", "convolution", "normalization", "other"), 0.0), {}
-    cats = {"front_end": 0.0, **cats}
+    by_type, by_mod = {}, {}
+    cats = dict.fromkeys(("front_end", "attention", "convolution", "normalization", "other"), 0.0)
     for name, (us, op) in per_node.items():
         node, module = by_name.get(name), modules.get(name)
         weightless = node is not None and not any(i in inits for i in node["inputs"])
