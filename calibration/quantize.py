@@ -27,7 +27,8 @@ from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layers_of, pass
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 
 __all__ = ["CALIB_METHODS", "CalibrationMethod", "Calibrated", "QuantizedGraph", "apply_float_layers", "calibrate",
-           "capture", "check_method", "finalize", "float_output_nodes", "int8_nodes", "keep_edge", "observer_edge"]
+           "capture", "check_method", "finalize", "float_output_nodes", "int8_nodes", "keep_edge", "observer_edge",
+           "plan_nodes"]
 
 
 @dataclass
@@ -130,13 +131,21 @@ def float_output_nodes(layers: dict[str, Layer], kinds: Iterable[OpKind] = ()) -
     return {node for layer in layers.values() for node, kind in zip(layer.nodes, layer.kinds) if kind in keep}
 
 
-def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy()) -> nn.Module:
-    """The quantized graph of the plan for a target with ``policy``: observers that serve no int8 node are
-    removed, the rest become quantize/dequantize pairs (``convert_pt2e``). The calibrated graph is untouched."""
+def plan_nodes(layers: dict[str, Layer], policy: QuantPolicy, float_layers: Iterable[str] = ()) -> set[str]:
+    """The int8 nodes of the plan on a target with ``policy``, less the layers in ``float_layers`` (a latency
+    search's candidate keeps some layers float beyond the plan's own)."""
+    skip = set(float_layers)
+    return int8_nodes({n: layer for n, layer in layers.items() if n not in skip}, policy.float_kinds)
+
+
+def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy(), float_layers: Iterable[str] = ()) -> nn.Module:
+    """The quantized graph of the plan for a target with ``policy`` (and ``float_layers`` kept float too):
+    observers that serve no int8 node are removed, the rest become quantize/dequantize pairs
+    (``convert_pt2e``). The calibrated graph is untouched."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     prepared = copy.deepcopy(cal.prepared)
-    int8 = int8_nodes(cal.layers, policy.float_kinds)
+    int8 = plan_nodes(cal.layers, policy, float_layers)
     if not int8:
         raise EdgeHybridError("every layer is in float: there is nothing left to quantize; loosen --max-drift "
                               "or drop --float-layers")
@@ -147,7 +156,8 @@ def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy()) -> nn.Module:
         edge = observer_edge(node)
         if edge is None:
             continue
-        if not keep_edge(*edge, int8, skipped, float_out):
+        producers, consumers, requant = edge
+        if not keep_edge(producers, consumers, int8, skipped, float_out, requant):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     graph.eliminate_dead_code()
@@ -174,26 +184,31 @@ class QuantizedGraph(nn.Module):
 
 
 def keep_edge(producers: set[str], consumers: set[str], int8: set[str], skipped: set[str],
-              float_out: set[str] = frozenset()) -> bool:
+              float_out: set[str] = frozenset(), requant: bool = False) -> bool:
     """Whether an observed edge is quantized: an int8 node consumes it, or an int8 node produces it, unless
     every consumer is a node the target keeps in float and every int8 producer can hand it a float output
     (``float_out``). Elsewhere an int8 op needs its int8 output: without it, converters fall back to a
-    float kernel for the op itself (LiteRT's CONV_2D / FULLY_CONNECTED run on dequantized weights)."""
+    float kernel for the op itself (LiteRT's CONV_2D / FULLY_CONNECTED run on dequantized weights).
+    A ``requant`` edge (an observer reading another observer: a concatenation's input requantized to its
+    scale) serves its int8 consumers only; the producer's int8 output is the other observer."""
     if consumers & int8:
         return True
+    if requant:
+        return False
     made = producers & int8
     return bool(made) and not (consumers <= skipped and made <= float_out)
 
 
-def observer_edge(node: torch.fx.Node) -> tuple[set[str], set[str]] | None:
-    """For an observer node: (producer nodes, consumer nodes) of the edge it observes, looking through
-    reshapes and other value-preserving ops; None for any other node."""
+def observer_edge(node: torch.fx.Node) -> tuple[set[str], set[str], bool] | None:
+    """For an observer node: (producer nodes, consumer nodes, whether it requantizes another observer's
+    output) of the edge it observes, looking through reshapes and other value-preserving ops; None for any
+    other node."""
     if not _is_observer(node):
         return None
     consumers: set[str] = set()
     for user in node.users:
         consumers |= _downstream(user)
-    return _upstream(node.args[0]), consumers
+    return _upstream(node.args[0]), consumers, _is_observer(node.args[0])
 
 
 def _is_observer(node: torch.fx.Node) -> bool:

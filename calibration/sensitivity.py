@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from calibration.ops import QuantPolicy
-from calibration.quantize import Calibrated, float_output_nodes, int8_nodes, keep_edge, observer_edge
+from calibration.quantize import Calibrated, float_output_nodes, int8_nodes, keep_edge, observer_edge, plan_nodes
 from edgehybrid.drift import compare
 
 #: a float island still pays for a quantize/dequantize pair: cost floor, as a share of the model's MACs
@@ -63,7 +63,7 @@ class Simulator:
     def __post_init__(self):
         self.graph = copy.deepcopy(self.cal.prepared)
         self.float_out = float_output_nodes(self.cal.layers, self.policy.float_output_kinds)
-        self.edges: dict[str, tuple[set[str], set[str]]] = {}
+        self.edges: dict[str, tuple[set[str], set[str], bool]] = {}
         for node in self.graph.graph.nodes:
             edge = observer_edge(node)
             if edge is not None:
@@ -72,9 +72,10 @@ class Simulator:
             setattr(self.graph, name, _Switch(getattr(self.graph, name)))
         self.reference = self._run(set(), set())
 
-    def _run(self, int8: set[str], skipped: set[str]) -> torch.Tensor:
-        for name, (producers, consumers) in self.edges.items():
-            getattr(self.graph, name).enabled = keep_edge(producers, consumers, int8, skipped, self.float_out)
+    def _run(self, int8: set[str], skipped: set[str], float_out: set[str] | None = None) -> torch.Tensor:
+        float_out = self.float_out if float_out is None else float_out
+        for name, (producers, consumers, requant) in self.edges.items():
+            getattr(self.graph, name).enabled = keep_edge(producers, consumers, int8, skipped, float_out, requant)
         with torch.no_grad():
             return torch.cat([self.graph(self.held_out[i:i + self.batch]) for i in
                               range(0, len(self.held_out) - self.batch + 1, self.batch)])
@@ -91,6 +92,13 @@ class Simulator:
 
     def plan_sqnr(self) -> float:
         return self.sqnr(int8_nodes(self.cal.layers, self.policy.float_kinds))
+
+    def candidate_sqnr(self, policy: QuantPolicy, float_layers: frozenset[str] = frozenset()) -> float:
+        """Output SQNR (dB) of the plan on a target with another ``policy``, with ``float_layers`` float too."""
+        int8 = plan_nodes(self.cal.layers, policy, float_layers)
+        out = self._run(int8, int8_nodes(self.cal.layers) - int8,
+                        float_output_nodes(self.cal.layers, policy.float_output_kinds))
+        return compare(self.reference.numpy(), out.numpy()).sqnr_db
 
     def layer_sensitivity(self) -> dict[str, float]:
         """Each layer alone in int8 (the target's float kinds stay float): output SQNR in dB."""
