@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA_DIR / "cifar10" / "eval")
     p.add_argument("--targets", nargs="+", default=["onnx", "tflite"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--calib-method", default="minmax", help="activation observer (export's --calib-method)")
+    p.add_argument("--calib-method", default=None, help="activation observer (export's --calib-method)")
     p.add_argument("--holdout", type=int, default=8, help="calibration samples held out to measure drift")
     p.add_argument("--max-drift", type=float, default=None, help="the INT8 plan's drift budget (export's --max-drift)")
     args = p.parse_args()

@@ -2,14 +2,18 @@
 
 For each model: our FP32 and INT8 ONNX artifacts and the naive ONNX Runtime ``quantize_static`` (QDQ,
 per-channel, int8/int8 defaults, calibrated on the same images) on ONNX Runtime; our FP32 and INT8 TFLite
-artifacts and litert-torch's default full-int8 PT2E recipe on LiteRT; our FP32 and INT8 ExecuTorch programs and
+artifacts and litert-torch's default full-int8 PT2E recipe on LiteRT (and, on both, our ``--optimize latency``
+plan, ``int8-latency``: its own search's figures are printed as it runs); our FP32 and INT8 ExecuTorch programs and
 ExecuTorch's documented recipe (``XNNPACKQuantizer``, default symmetric per-channel config, calibrated on the same
 images) on the ExecuTorch runtime with XNNPACK. Latency is the median over several
 alternating rounds (each round: every artifact, warm-up then timed runs), because ONNX Runtime's latency
 on small VMs settles per process into one of two levels. Drift: each INT8 artifact against FP32 on held-out
 real photos (the bundled validation samples; calibration uses the separate bundled calibration photos).
+A zoo name runs at its own full size with seeded random weights; a trained fixture (``mobilevit_xxs.cifar10``)
+runs at its own input size with its weights, calibrated on its own bundled calibration images.
 
-    python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1] [--targets onnx tflite executorch]
+    python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1 mobilevit_xxs.cifar10
+                                     efficientformerv2_s0.cifar10] [--targets onnx tflite executorch]
                                     [--threads 2] [--runs 30]
 """
 
@@ -30,13 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 from calibration.preprocess import find_images, load_batch, sample_images
-from calibration.sources import CALIB_DIR
+from calibration.sources import BUNDLED, CALIB_DIR, data_path
 from edgehybrid.drift import compare
 from edgehybrid.errors import CheckFailedError
+from edgehybrid.int8 import Int8Request
 from edgehybrid.pipeline import ExportRequest, run_export
 from edgehybrid.runtimes import get_runtime
 from exporters.base import ExportOptions
 from models_zoo import load_model
+from models_zoo.zoo import parse_ref
 
 
 def naive_ort(fp32: Path, calib: np.ndarray, out: Path) -> Path:
@@ -116,6 +122,19 @@ def executorch_default(model, example: torch.Tensor, calib: np.ndarray, out: Pat
 
 
 RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "executorch": "executorch"}
+#: targets whose artifacts also get an --optimize latency export (its own search's figures are logged)
+LATENCY_SEARCH = ("onnx", "tflite")
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _search_log(name: str, target: str):
+    def log(line: str) -> None:
+        if line.startswith(("  ", "chose", "no INT8 plan")):
+            print(f"[{name} {target} --optimize latency] {line.strip()}", flush=True)
+    return log
 RECIPES = {"onnx": ("naive", naive_ort), "tflite": ("litert-default", litert_default),
            "executorch": ("xnnpack-default", executorch_default)}
 
@@ -148,29 +167,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.models:
+            # a trained fixture (name.tag) at its own input size, with its own calibration images; a zoo name:
             # one seeded random model for every artifact, so drift compares the same weights throughout
+            trained = "." in name
             torch.manual_seed(0)
-            loaded = load_model(name, weights="random")
-            weights = tmp / f"{name}.safetensors"
-            save_file(loaded.model.state_dict(), weights)
+            loaded = load_model(name) if trained else load_model(name, weights="random")
+            weights = None
+            if not trained:
+                weights = tmp / f"{name}.safetensors"
+                save_file(loaded.model.state_dict(), weights)
             arts = {}
             for target in args.targets:
-                for precision in ("fp32", "int8"):
-                    from edgehybrid.int8 import Int8Request
-
-                    req = ExportRequest(model=name, target=target, out_dir=tmp / name, weights=str(weights),
-                                        options=ExportOptions(precision=precision), threads=args.threads,
-                                        int8=Int8Request(calib_size=args.calib_size) if precision == "int8" else None)
+                plans = [("fp32", None), ("int8", Int8Request(calib_size=args.calib_size))]
+                if target in LATENCY_SEARCH:
+                    plans.append(("int8-latency", Int8Request(calib_size=args.calib_size, optimize="latency")))
+                for kind, int8 in plans:
+                    req = ExportRequest(model=name, target=target, out_dir=tmp / name / kind,
+                                        weights=None if weights is None else str(weights),
+                                        options=ExportOptions(precision="fp32" if int8 is None else "int8"),
+                                        threads=args.threads, int8=int8)
                     try:
-                        m = run_export(req)
+                        m = run_export(req, log=_search_log(name, target) if kind == "int8-latency" else _quiet)
                     except CheckFailedError as exc:  # reported, not hidden: the row says why it is missing
-                        failed.append(f"{name} {target} {precision}: {exc}")
+                        failed.append(f"{name} {target} {kind}: {exc}")
                         continue
-                    arts[(target, precision)] = Path(m["artifact"])
+                    arts[(target, kind)] = Path(m["artifact"])
             spec = loaded.spec
-            calib = load_batch(find_images(CALIB_DIR)[: args.calib_size], spec.preprocessing)
+            calib_dir = data_path(BUNDLED + parse_ref(name)[1].calibration) if trained else CALIB_DIR
+            calib = load_batch(find_images(calib_dir)[: args.calib_size], spec.preprocessing)
             held_out = load_batch(sample_images(), spec.preprocessing)
             for target in args.targets:
+                if (target, "fp32") not in arts:
+                    continue
                 kind, recipe = RECIPES[target]
                 suffix = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}[target]
                 out = tmp / f"{name}_{kind}{suffix}"

@@ -43,6 +43,10 @@ class CalibrationMethod(str, enum.Enum):
 
 
 CALIB_METHODS = tuple(m.value for m in CalibrationMethod)
+#: The default, as in the PT2E recipes of litert-torch and ExecuTorch (XNNPACK), measured more faithful than the
+#: observed range: mobilevit_xxs.cifar10 on LiteRT, cosine to FP32 0.99858 vs 0.99770 on 500 held-out images
+#: (top-1 84.6% vs 82.8%, FP32 83.6%). Calibration takes about 3x longer (mobilevit_s, 32 photos: 12 s vs 4 s).
+DEFAULT_METHOD = CalibrationMethod.HISTOGRAM
 
 
 def check_method(method: str) -> None:
@@ -83,7 +87,7 @@ def activation_observer(method: CalibrationMethod | str):
     return {CalibrationMethod.MINMAX: MinMaxObserver, CalibrationMethod.HISTOGRAM: HistogramObserver}[method]
 
 
-def make_quantizer(int8_layers: Iterable[str], method: CalibrationMethod | str = CalibrationMethod.MINMAX):
+def make_quantizer(int8_layers: Iterable[str], method: CalibrationMethod | str = DEFAULT_METHOD):
     """A PT2E quantizer (torchao's protocol) that annotates only the layers in ``int8_layers``."""
     torchao()
     from torchao.quantization.pt2e.quantizer import Quantizer

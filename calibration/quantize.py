@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from calibration.annotate import CALIB_METHODS, CalibrationMethod, check_method, make_quantizer, torchao
+from calibration.annotate import CALIB_METHODS, DEFAULT_METHOD, CalibrationMethod, check_method, make_quantizer, torchao
 from calibration.fold import fold_channel_scales, split_silu
 from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layers_of, passes
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
@@ -71,7 +71,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
 
 
 def calibrate(gm: torch.fx.GraphModule, batches: Iterable[torch.Tensor], batch_size: int = 1,
-              method: CalibrationMethod | str = CalibrationMethod.MINMAX, holdout: int = 0,
+              method: CalibrationMethod | str = DEFAULT_METHOD, holdout: int = 0,
               progress: Callable[[int], None] = lambda _n: None) -> Calibrated:
     """Observe every quantizable layer over ``batches`` (streamed: one batch in memory at a time).
 
@@ -104,7 +104,32 @@ def calibrate(gm: torch.fx.GraphModule, batches: Iterable[torch.Tensor], batch_s
         raise EdgeHybridError(f"the calibration set has too few samples ({sum(len(k) for k in kept)} held out for "
                               "measurement, none left to calibrate on); pass more images with --calib")
     held_out = torch.cat(kept) if kept else None
+    freeze_ranges(prepared)
     return Calibrated(prepared, layers, samples, method, batch_size, held_out)
+
+
+def freeze_ranges(prepared: torch.fx.GraphModule) -> None:
+    """Replace each calibrated histogram observer with a min/max observer holding the range it chose.
+
+    A histogram observer searches its L2-optimal range every time its parameters are asked for; the plan asks
+    once per simulation and once per finalized graph (a latency search finalizes five), 300 observers each.
+    The min/max observer computes the same scale and zero point from the stored range (the same
+    ``_calculate_qparams``), so the search runs once. Shared observers stay shared."""
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    frozen: dict[int, nn.Module] = {}
+    for name, module in list(prepared.named_children()):
+        if not isinstance(module, HistogramObserver):
+            continue
+        if id(module) not in frozen:
+            lo, hi = module._non_linear_param_search() if module.histogram.sum() > 0 else (module.min_val,
+                                                                                          module.max_val)
+            fixed = MinMaxObserver(dtype=module.dtype, qscheme=module.qscheme, quant_min=module.quant_min,
+                                   quant_max=module.quant_max, eps=float(module.eps))
+            fixed.min_val.resize_(lo.shape).copy_(lo)
+            fixed.max_val.resize_(hi.shape).copy_(hi)
+            frozen[id(module)] = fixed
+        setattr(prepared, name, frozen[id(module)])
 
 
 def apply_float_layers(layers: dict[str, Layer], names: Iterable[str], reason: str) -> None:

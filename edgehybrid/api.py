@@ -75,7 +75,7 @@ def export(model, example_input=None, *, target: str, precision: str = "fp32", o
     pixels in), required for a model of your own. ``images``: validation inputs (sound files for a speech model);
     ``features``: for a zoo speech model, "inside" (samples in, the default) or "outside" (log-mel features in).
     ``int8_options``: ``calib_size``, ``seed``,
-    ``calib_method``, ``sensitivity``, ``max_drift``, ``float_layers`` as on the command line.
+    ``calib_method``, ``sensitivity``, ``max_drift``, ``float_layers``, ``optimize`` as on the command line.
     """
     import torch
 
@@ -85,7 +85,7 @@ def export(model, example_input=None, *, target: str, precision: str = "fp32", o
     from exporters.base import ExportOptions
 
     unknown = sorted(set(int8_options) - {"calib_size", "seed", "calib_method", "sensitivity", "max_drift",
-                                          "float_layers"})
+                                          "float_layers", "optimize"})
     if unknown:
         raise InputError(f"export() got unknown option(s) {', '.join(unknown)}")
     int8_options = dict(int8_options)

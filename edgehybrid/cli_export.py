@@ -69,7 +69,7 @@ def export_cmd(
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibrate on a reproducible sample of N."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration sample [default: 0]."),
     calib_method: Optional[str] = typer.Option(
-        None, "--calib-method", help="Activation ranges: minmax, percentile or histogram [default: minmax]."
+        None, "--calib-method", help="Activation ranges: minmax, percentile or histogram [default: histogram]."
     ),
     sensitivity: bool = typer.Option(
         False, "--sensitivity", help="Measure each layer's INT8 sensitivity; print and save the ranked table."
@@ -80,6 +80,12 @@ def export_cmd(
     ),
     float_layers: Optional[str] = typer.Option(
         None, "--float-layers", help="Comma-separated layer names to keep in float (names as in the manifest)."
+    ),
+    optimize: Optional[str] = typer.Option(
+        None, "--optimize", metavar="[accuracy|latency]",
+        help="'latency': export a few candidate INT8 plans and FP32, time them side by side on the target's "
+        "runtime (--threads), keep the fastest within the drift budget (--max-drift, else the default plan's), "
+        "and say plainly when no INT8 plan beats FP32 [default: accuracy].",
     ),
     model_arg: Optional[list[str]] = typer.Option(
         None, "--model-arg", help="A keyword argument for your factory, key=value (repeatable; JSON values: 10, "
@@ -106,6 +112,7 @@ def export_cmd(
     int8_request = Int8Request(
         calib=calib, calib_size=calib_size, seed=seed, method=calib_method, sensitivity=sensitivity,
         max_drift=max_drift, float_layers=tuple(x.strip() for x in (float_layers or "").split(",") if x.strip()),
+        optimize=optimize,
     )
     options = ExportOptions(
         precision=Precision.from_flags(precision, fp16, int8), batch=batch, normalize_in_graph=normalize_in_graph,

@@ -247,7 +247,7 @@ def reusable(request, random: bool):
     quant = manifest.get("quantization") or {}
     calib = quant.get("calibration") or {}
     if request.precision.calibrated and not (
-            str(calib.get("source", "")).startswith("the bundled") and calib.get("method") == "minmax"
+            str(calib.get("source", "")).startswith("the bundled") and calib.get("method") == _default_method()
             and calib.get("seed") == 0 and calib.get("requested_size") is None and quant.get("max_drift") is None):
         return f"{artifact.name} was quantized with other options than compare's defaults"
     for what, doc, key in (("weights", weights, "path"), ("model file", source, "file")):
@@ -459,3 +459,7 @@ def run_compare(req: CompareRequest, *, log: Log = lambda _m: None, progress=Non
     }
 
 
+def _default_method() -> str:
+    from calibration.annotate import DEFAULT_METHOD
+
+    return DEFAULT_METHOD.value

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from calibration.annotate import CalibrationMethod
+from calibration.annotate import DEFAULT_METHOD, CalibrationMethod
 from calibration.ops import unplanned_ops
 from calibration.quantize import apply_float_layers, calibrate, capture, finalize
 from calibration.sensitivity import (
@@ -26,6 +26,7 @@ from calibration.sensitivity import (
 )
 from calibration.sources import check_size, open_source
 from edgehybrid.errors import InputError
+from edgehybrid.latency_plan import Optimize, candidates, search
 from models_zoo.registry import ModelSpec
 
 @dataclass(frozen=True)
@@ -36,15 +37,17 @@ class Int8Request:
     calib: str | None = None  # folder, .npy/.npz, "synthetic", or None for the checkpoint's bundled photos
     calib_size: int | None = None
     seed: int | None = None  # default 0
-    method: CalibrationMethod | str | None = None  # default minmax
+    method: CalibrationMethod | str | None = None  # default histogram (calibration.annotate.DEFAULT_METHOD)
     sensitivity: bool = False
     max_drift: float | None = None
     float_layers: tuple[str, ...] = ()
     holdout: int = 8
+    optimize: Optimize | str | None = None  # default accuracy; latency: candidate plans timed on the target
 
     #: option -> CLI spelling, for messages
     _FLAGS = {"calib": "--calib", "calib_size": "--calib-size", "seed": "--seed", "method": "--calib-method",
-              "sensitivity": "--sensitivity", "max_drift": "--max-drift", "float_layers": "--float-layers"}
+              "sensitivity": "--sensitivity", "max_drift": "--max-drift", "float_layers": "--float-layers",
+              "optimize": "--optimize"}
 
     def given(self) -> list[str]:
         """The options set, as the CLI spells them."""
@@ -52,7 +55,11 @@ class Int8Request:
 
     @property
     def calib_method(self) -> CalibrationMethod:
-        return CalibrationMethod.parse(self.method if self.method is not None else CalibrationMethod.MINMAX)
+        return CalibrationMethod.parse(self.method if self.method is not None else DEFAULT_METHOD)
+
+    @property
+    def optimize_for(self) -> Optimize:
+        return Optimize.parse(self.optimize)
 
     @property
     def calib_seed(self) -> int:
@@ -61,11 +68,25 @@ class Int8Request:
     def check(self) -> None:
         """Cheap checks of the options, before any model is loaded."""
         self.calib_method  # noqa: B018  an unknown method: a did-you-mean
+        self.optimize_for  # noqa: B018
         check_size(self.calib_size)
         if self.max_drift is not None and not (0 < self.max_drift < 1):
             raise InputError(f"--max-drift is a relative logit error between 0 and 1 (0.05 = 5%), got {self.max_drift}")
         if self.holdout < 0:
             raise InputError(f"the held-out sample count cannot be negative, got {self.holdout}")
+
+
+@dataclass
+class Trials:
+    """What a latency search needs from the export around it (``--optimize latency``): ``export(graph, folder,
+    int8)`` writes an artifact of ``graph`` for the target; ``open_runner(artifact)`` returns a call that runs
+    it once on the target's runtime; ``fp32_graph`` is the model as FP32 exports it."""
+
+    export: Callable
+    open_runner: Callable
+    fp32_graph: nn.Module
+    runtime: str
+    threads: int
 
 
 @dataclass
@@ -76,9 +97,11 @@ class Int8Result:
 
 
 def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor, exporter, req: Int8Request,
-                        log: Callable[[str], None], progress=None, bundled_calib: str | None = None) -> Int8Result:
+                        log: Callable[[str], None], progress=None, bundled_calib: str | None = None,
+                        trials: Trials | None = None) -> Int8Result:
     """Calibrate ``model`` and return the quantized graph for ``exporter``'s target with its report.
-    ``bundled_calib``: the checkpoint's own bundled calibration images, used when ``req.calib`` is None."""
+    ``bundled_calib``: the checkpoint's own bundled calibration images, used when ``req.calib`` is None.
+    ``trials``: how to export and time candidate plans, for ``--optimize latency``."""
     policy = exporter.quant_policy
     method, seed = req.calib_method, req.calib_seed
     source = open_source(req.calib, spec.preprocessing, tuple(example.shape[1:]), req.calib_size, seed, log,
@@ -109,7 +132,9 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
 
     ranking: list[tuple[str, float]] = []
     steps: list[dict] = []
+    search_report = None
     measured: dict = {"held_out_samples": holdout}
+    latency = req.optimize_for is Optimize.LATENCY
     if cal.held_out is not None:
         sim = Simulator(cal, cal.held_out, policy)
         measured["all_int8_sqnr_db"] = _db(sim.plan_sqnr())
@@ -117,6 +142,9 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
             ranking = measure_sensitivity(sim)
         if req.max_drift is not None:
             steps = meet_budget(sim, req.max_drift)
+        if latency:
+            policy, search_report = _latency_search(cal, sim, policy, trials, req.max_drift, log)
+            sim = Simulator(cal, cal.held_out, policy)
         final = sim.plan_sqnr()
         measured.update(plan_sqnr_db=_db(final), plan_drift=round(drift_of(final), 5))
         if req.max_drift is not None:
@@ -124,8 +152,8 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
             if not measured["budget_met"]:
                 log(f"warning: --max-drift {req.max_drift:g} not reached: drift is {drift_of(final):.4f} with "
                     f"{sum(1 for x in cal.layers.values() if x.precision == 'float')} layers in float")
-    elif req.sensitivity or req.max_drift is not None:
-        raise InputError("--sensitivity / --max-drift need held-out samples: pass at least "
+    elif req.sensitivity or req.max_drift is not None or latency:
+        raise InputError("--sensitivity / --max-drift / --optimize latency need held-out samples: pass at least "
                          f"{4 * example.shape[0]} calibration samples (--calib, --calib-size)")
 
     graph = finalize(cal, policy)
@@ -149,9 +177,31 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
         "layers_on_target": on_target,
         "layers": cal.report(policy.float_kinds),
     }
+    if search_report is not None:
+        report["optimize"] = "latency"
+        report["latency_search"] = search_report
     if ranking:
         report["sensitivity"] = [{"layer": n, "sqnr_db": _db(v)} for n, v in ranking]
     return Int8Result(graph, report, ranking)
+
+
+def _latency_search(cal, sim: Simulator, policy, trials: Trials | None, max_drift: float | None, log):
+    """``--optimize latency``: time the candidate plans on the target; mark the chosen one's extra float layers
+    in the plan; return the chosen policy and the search's report (see :mod:`edgehybrid.latency_plan`)."""
+    if trials is None:
+        raise InputError("--optimize latency needs the export around it to time candidate plans on the target's "
+                         "runtime; use edgehybrid export (or edgehybrid.api.export)")
+    choice = search(candidates(cal.layers, policy),
+                    lambda c: drift_of(sim.candidate_sqnr(c.policy, c.float_layers)),
+                    lambda c: finalize(cal, c.policy, c.float_layers), trials.export, trials.fp32_graph,
+                    trials.open_runner, max_drift, trials.runtime, trials.threads, log)
+    chosen = choice.candidate
+    share = next(r["vs_fp32"] for r in choice.report["candidates"] if r["plan"] == chosen.name)
+    for name in chosen.float_layers:
+        cal.layers[name].precision = "float"
+        cal.layers[name].reason = (f"kept in float by --optimize latency: '{chosen.name}' measured fastest "
+                                   f"within the drift budget ({share:.2f}x FP32 on {trials.runtime})")
+    return chosen.policy, choice.report
 
 
 def layers_on_target(layers, policy) -> dict:

@@ -37,7 +37,8 @@ from edgehybrid.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
-from edgehybrid.int8 import Int8Request, quantize_for_target, sensitivity_markdown
+from edgehybrid.int8 import Int8Request, Trials, quantize_for_target, sensitivity_markdown
+from edgehybrid.latency_plan import Optimize, feed_for
 from edgehybrid.requires import check_floor, parse_floor
 from edgehybrid.targets import Precision, Target, all_targets, get_target
 from edgehybrid.validate import raise_for, validate
@@ -123,6 +124,9 @@ class ExportRequest:
                              "(or drop the option)")
         if precision.calibrated:
             (self.int8 or Int8Request()).check()
+            if (self.int8 or Int8Request()).optimize_for is Optimize.LATENCY and not target.executes_here():
+                raise InputError(f"--optimize latency times candidate plans on {target.runtime}, which runs on "
+                                 f"{target.runs_on} only; run it there, or drop --optimize")
         _check_versions(target, self.options)
         self._check_model_options()
         return target
@@ -243,7 +247,8 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         norm_example = torch.from_numpy(batched(model_input(pixels, spec.preprocessing), options.batch)[0])
         ckpt = parse_ref(req.model)[1] if src is None else None
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress,
-                                    bundled_calib=ckpt.calibration if ckpt is not None else None)
+                                    bundled_calib=ckpt.calibration if ckpt is not None else None,
+                                    trials=_trials(req, exporter, graph, example, spec))
         timings["quantize"] = time.perf_counter() - t
         fp32_graph = graph
         graph = NormalizeInGraph(quant.graph, spec.preprocessing) if options.normalize_in_graph else quant.graph
@@ -296,6 +301,30 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
             log(f"wrote the sensitivity table {table.name}")
     log(f"wrote {final_path} ({manifest['size_bytes'] / 1e6:.2f} MB) and {manifest_path.name}")
     return manifest
+
+
+def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.Tensor, spec) -> Trials:
+    """How ``--optimize latency`` exports a candidate plan (with the request's options) and runs it on the
+    target's runtime, fed the export's own example in the artifact's layout."""
+    from edgehybrid.runtimes import open_session
+
+    options = req.options
+    pre = spec.preprocessing
+
+    def export(graph: nn.Module, folder: Path, int8: bool):
+        folder.mkdir(parents=True)
+        if int8 and options.normalize_in_graph:
+            graph = NormalizeInGraph(graph, pre)
+        opts = options if int8 else replace(options, precision=Precision.FP32)
+        return exporter.export(graph, example, spec, opts, folder / f"trial{exporter.suffix}")
+
+    def open_runner(artifact):
+        session = open_session(req.target, artifact.path, req.threads).session
+        info = artifact.inputs[0]
+        feeds = {info.name: feed_for(info, example.numpy())}
+        return lambda: session.run(feeds)
+
+    return Trials(export, open_runner, fp32_graph, exporter.target.runtime, req.threads)
 
 
 def _validation_inputs(req: ExportRequest) -> list[Path]:

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -171,7 +172,12 @@ OPTIONS = {
     "min-runtime-too-old": ["-t", "onnx", "--min-runtime", "1.0"],
     "min-runtime-below-opset": ["-t", "onnx", "--min-runtime", "1.10", "--opset", "18"],
     "check-no-verify-missing-artifact": None,
+    "optimize-typo": ["-t", "onnx", "--int8", "--optimize", "latncy"],
+    "optimize-without-int8": ["-t", "onnx", "--optimize", "latency"],
+    "optimize-with-int8-weights": ["-t", "onnx", "--int8", "weights", "--optimize", "latency"],
 }
+if sys.platform != "darwin":  # Core ML executes on macOS only: a latency search cannot time it elsewhere
+    OPTIONS["optimize-latency-off-its-platform"] = ["-t", "coreml", "--int8", "--optimize", "latency"]
 
 
 SPEECH = "conformer_kws.spoken_commands"

@@ -1,0 +1,202 @@
+"""``--optimize latency``: the INT8 plan chosen by time measured on the target's runtime, within a drift budget.
+
+The default plan is decided without a clock: each target's :class:`~calibration.ops.QuantPolicy` records which
+op kinds its runtime measured faster in float, and ``--max-drift`` moves layers to float by error per MAC. That
+holds at the sizes it was measured on, and not everywhere: at 64x64 the quantize/dequantize pairs around small
+ops can cost more than the int8 kernels save. With ``--optimize latency`` the plan is measured instead:
+
+1. a few whole-model candidates are built from the one calibration (:func:`candidates`): the target's own
+   policy, only the weighted ops in int8, weighted ops and matmuls, every kind, and the target's policy with
+   the light layers (under 2% of the MACs each) in float;
+2. each is scored for drift on the held-out samples (the simulator, one forward pass each) and exported to the
+   target; the FP32 model is exported too;
+3. all of them are timed side by side in one process on the target's runtime, with the export's thread count,
+   in alternating rounds (:func:`time_side_by_side`: the minimum of round medians, which a burst cannot lower);
+4. the fastest candidate within the budget wins. The budget is ``--max-drift`` when given, and otherwise the
+   target's own plan's drift (plus 10%, the simulator's run-to-run noise on 8 samples): latency mode never
+   buys speed with fidelity nobody offered.
+
+When no candidate beats FP32 the log says so in one plain sentence and the manifest records
+``int8_faster_than_fp32: false``: the artifact is still INT8 (smaller), and never reported as a speed-up.
+A search costs one export and a few seconds of timing per candidate, so it is an option, not the default.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
+from edgehybrid.errors import UnknownNameError
+
+#: a layer under this share of the model's MACs is "light": its int8 kernel saves less than its Q/DQ costs
+LIGHT_SHARE = 0.02
+#: without --max-drift, a candidate may drift this much more than the target's own plan (simulator noise)
+NOISE = 1.10
+#: seconds of timing per candidate and round, and the rounds
+ROUND_S = 0.15
+ROUNDS = 5
+
+
+class Optimize(str, enum.Enum):
+    """What the INT8 plan is chosen for: ``accuracy`` (the default: the target's measured policy, --max-drift
+    by error per MAC) or ``latency`` (candidate plans timed on the target's runtime)."""
+
+    ACCURACY = "accuracy"
+    LATENCY = "latency"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str | Optimize | None) -> Optimize:
+        if text is None:
+            return cls.ACCURACY
+        if isinstance(text, Optimize):
+            return text
+        try:
+            return cls(str(text).strip().lower())
+        except ValueError:
+            raise UnknownNameError.for_choice("--optimize", str(text), [o.value for o in cls]) from None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One whole-model plan: a policy for the target, and layers it keeps in float beyond the plan's own."""
+
+    name: str
+    policy: QuantPolicy
+    float_layers: frozenset[str] = frozenset()
+
+    def key(self) -> tuple:
+        p = self.policy
+        return p.float_kinds, p.float_output_kinds, self.float_layers
+
+
+def candidates(layers: dict, policy: QuantPolicy) -> list[Candidate]:
+    """The plans a latency search times, the target's own first; duplicates (a target whose policy already
+    is "weighted ops only") are dropped."""
+    int8 = [layer for layer in layers.values() if layer.precision == "int8"]
+    total = sum(layer.macs for layer in int8) or 1
+    light = frozenset(layer.name for layer in int8 if layer.macs / total < LIGHT_SHARE)
+    kinds = {
+        "target's plan": policy.float_kinds,
+        "weighted ops only": UNWEIGHTED,
+        "weighted ops and matmuls": UNWEIGHTED - {OpKind.MATMUL},
+        "every kind": frozenset(),
+    }
+    out = [Candidate(name, replace(policy, float_kinds=frozenset(fk))) for name, fk in kinds.items()]
+    if light and len(light) < len(int8):
+        out.append(Candidate(f"heavy layers only (layers under {LIGHT_SHARE:.0%} of the MACs in float)", policy,
+                             light))
+    seen, unique = set(), []
+    for cand in out:
+        if cand.key() not in seen:
+            seen.add(cand.key())
+            unique.append(cand)
+    return unique
+
+
+def time_side_by_side(runs: dict[str, Callable[[], object]], rounds: int = ROUNDS,
+                      round_s: float = ROUND_S) -> dict[str, dict]:
+    """Each callable's latency in ms, measured in alternating rounds in one process: per round, every callable
+    runs warm-up calls then enough timed calls to last ``round_s``; the figure is the minimum of its round
+    medians (a burst of load only adds time), with the spread of the round medians beside it."""
+    per_call = {}
+    for name, call in runs.items():
+        for _ in range(3):
+            call()
+        t = time.perf_counter()
+        call()
+        per_call[name] = max(time.perf_counter() - t, 1e-5)
+    medians: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, call in runs.items():
+            call()
+            n = max(5, min(200, int(round_s / per_call[name])))
+            times = []
+            for _ in range(n):
+                t = time.perf_counter_ns()
+                call()
+                times.append((time.perf_counter_ns() - t) / 1e6)
+            medians[name].append(statistics.median(times))
+    return {name: {"ms": round(min(m), 4), "spread": round(max(m) / min(m), 3)} for name, m in medians.items()}
+
+
+@dataclass
+class Choice:
+    """The search's outcome: the chosen candidate, and the report the manifest records."""
+
+    candidate: Candidate
+    report: dict = field(default_factory=dict)
+
+
+def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: Callable[[Candidate], object],
+           export: Callable[[object, Path], object], fp32_graph, open_runner: Callable[[object], Callable],
+           budget: float | None, runtime: str, threads: int, log: Callable[[str], None]) -> Choice:
+    """Measure every candidate and choose. ``drift(c)``: its drift on held-out samples; ``build(c)``: its
+    quantized graph; ``export(graph, folder, int8)``: an artifact on the target; ``open_runner(artifact)``: a
+    zero-argument callable that runs it once. ``budget`` None: the first candidate's drift plus noise."""
+    drifts = {c.name: drift(c) for c in cands}
+    limit = budget if budget is not None else drifts[cands[0].name] * NOISE + 1e-4
+    runners, sizes = {}, {}
+    with tempfile.TemporaryDirectory(prefix="edgehybrid-latency-") as tmp:
+        for i, cand in enumerate([None, *cands]):
+            graph = fp32_graph if cand is None else build(cand)
+            name = "FP32" if cand is None else cand.name
+            artifact = export(graph, Path(tmp) / f"trial{i}", cand is not None)
+            runners[name] = open_runner(artifact)
+            sizes[name] = _size(artifact.path)
+        log(f"timing {len(cands)} INT8 plans against FP32 on {runtime} ({threads} threads, {ROUNDS} alternating "
+            "rounds)")
+        timed = time_side_by_side(runners)
+    fp32_ms = timed["FP32"]["ms"]
+    rows = [{"plan": c.name, "float_kinds": c.policy.float_kind_names(), "float_layers": len(c.float_layers),
+             "p50_ms": timed[c.name]["ms"], "spread": timed[c.name]["spread"],
+             "vs_fp32": round(fp32_ms / timed[c.name]["ms"], 3), "drift": round(drifts[c.name], 5),
+             "within_budget": drifts[c.name] <= limit, "size_bytes": sizes[c.name]} for c in cands]
+    eligible = [r for r in rows if r["within_budget"]] or [min(rows, key=lambda r: r["drift"])]
+    best = min(eligible, key=lambda r: r["p50_ms"])
+    chosen = next(c for c in cands if c.name == best["plan"])
+    faster = best["p50_ms"] < fp32_ms
+    report = {"runtime": runtime, "threads": threads, "rounds": ROUNDS, "statistic": "minimum of round medians",
+              "fp32_ms": fp32_ms, "fp32_size_bytes": sizes["FP32"], "drift_budget": round(limit, 5),
+              "budget_from": "--max-drift" if budget is not None else "the target's own plan (+10% noise)",
+              "candidates": rows, "chosen": chosen.name, "int8_faster_than_fp32": faster}
+    for r in rows:
+        log(f"  {r['plan']:<60s} {r['p50_ms']:8.3f} ms  {r['vs_fp32']:5.2f}x FP32  drift {r['drift']:.4f}"
+            + ("" if r["within_budget"] else "  (over budget)"))
+    log(verdict(report))
+    return Choice(chosen, report)
+
+
+def verdict(report: dict) -> str:
+    """The search's result in one plain sentence: what was chosen and whether INT8 is faster here at all."""
+    best = next(r for r in report["candidates"] if r["plan"] == report["chosen"])
+    where = f"on {report['runtime']} with {report['threads']} thread{'s' if report['threads'] != 1 else ''}"
+    if report["int8_faster_than_fp32"]:
+        return (f"chose '{best['plan']}': {best['vs_fp32']:.2f}x FP32's speed {where} ({best['p50_ms']:.3f} vs "
+                f"{report['fp32_ms']:.3f} ms), drift {best['drift']:.4f}")
+    return (f"no INT8 plan is faster than FP32 {where}: the fastest within the drift budget, '{best['plan']}', "
+            f"runs at {best['vs_fp32']:.2f}x FP32's speed ({best['p50_ms']:.3f} vs {report['fp32_ms']:.3f} ms). "
+            f"The INT8 artifact is written for its size ({best['size_bytes'] / 1e6:.2f} vs "
+            f"{report['fp32_size_bytes'] / 1e6:.2f} MB); for speed here, ship FP32")
+
+
+def feed_for(info, example: np.ndarray) -> np.ndarray:
+    """``example`` (the model's NCHW batch, or a clip batch) in an artifact input's layout."""
+    from edgehybrid.runtimes import to_layout
+
+    return to_layout(example, info.layout) if example.ndim == 4 else np.ascontiguousarray(example, np.float32)
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

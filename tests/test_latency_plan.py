@@ -1,0 +1,116 @@
+"""--optimize latency: candidate INT8 plans timed on the target's runtime, the choice within the drift budget,
+the plain verdict when INT8 is not faster, and the options it refuses. The speed figures themselves live in
+benchmarks/int8_bench.py (--optimize latency rows), not in timed tests."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
+from calibration.quantize import calibrate, capture
+from calibration.sources import open_source
+from edgehybrid.errors import UnknownNameError
+from edgehybrid.latency_plan import LIGHT_SHARE, Optimize, candidates, time_side_by_side, verdict
+
+FIXTURE = "mobilevit_xxs.cifar10"
+
+
+def test_optimize_parses_and_offers_a_did_you_mean():
+    assert Optimize.parse(None) is Optimize.ACCURACY and Optimize.parse("Latency") is Optimize.LATENCY
+    with pytest.raises(UnknownNameError, match="did you mean .latency."):
+        Optimize.parse("latncy")
+
+
+@pytest.fixture(scope="module")
+def layers():
+    import torch
+
+    from models_zoo import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model("mobilevit_xxs", weights="random", num_classes=10, input_size=(64, 64))
+    src = open_source("synthetic", loaded.spec.preprocessing, (3, 64, 64), size=4)
+    return calibrate(capture(loaded.model, torch.zeros(1, 3, 64, 64)), src.batches(4)).layers
+
+
+def test_candidates_start_with_the_targets_plan_and_hold_no_duplicates(layers):
+    onnx = QuantPolicy(float_kinds={OpKind.SOFTMAX}, float_output_kinds={OpKind.MATMUL})
+    cands = candidates(layers, onnx)
+    assert cands[0].policy == onnx and cands[0].name == "target's plan"
+    assert len({c.key() for c in cands}) == len(cands) == 5
+    heavy = cands[-1]
+    total = sum(layer.macs for layer in layers.values())
+    assert heavy.float_layers and all(layers[n].macs / total < LIGHT_SHARE for n in heavy.float_layers)
+    # a target whose own plan already is "weighted ops only" (LiteRT) gets that candidate once
+    tflite = candidates(layers, QuantPolicy(float_kinds=UNWEIGHTED, fold_quantize=False))
+    assert [c.name for c in tflite].count("weighted ops only") == 0 and len(tflite) == 4
+    assert all(c.policy.fold_quantize is False for c in tflite)  # the target's other settings are kept
+
+
+def test_side_by_side_timing_orders_calls_by_their_cost():
+    timed = time_side_by_side({"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.0005)},
+                              rounds=3, round_s=0.02)
+    assert timed["slow"]["ms"] >= 4.0 and timed["fast"]["ms"] >= 0.5
+    assert timed["slow"]["ms"] > 2 * timed["fast"]["ms"]
+    assert all(t["spread"] >= 1.0 for t in timed.values())
+
+
+def test_verdict_never_calls_a_slower_int8_plan_a_speed_up():
+    row = {"plan": "every kind", "p50_ms": 1.5, "vs_fp32": 0.8, "drift": 0.01, "size_bytes": 2_000_000}
+    report = {"candidates": [row], "chosen": "every kind", "runtime": "onnxruntime", "threads": 2, "fp32_ms": 1.2,
+              "fp32_size_bytes": 2_600_000, "int8_faster_than_fp32": False}
+    text = verdict(report)
+    assert text.startswith("no INT8 plan is faster than FP32 on onnxruntime") and "ship FP32" in text
+    assert "2.00 vs 2.60 MB" in text
+    row.update(p50_ms=0.8, vs_fp32=1.5)
+    text = verdict({**report, "fp32_ms": 1.2, "int8_faster_than_fp32": True})
+    assert text.startswith("chose 'every kind': 1.50x FP32's speed")
+
+
+def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("export", FIXTURE, "-t", "onnx", "--int8", "--optimize", "latency", "--calib-size",
+                               "32", "--out", str(out), "--json")
+    assert code == 0, stderr
+    quant = json.loads(stdout)["quantization"]
+    search = quant["latency_search"]
+    assert quant["optimize"] == "latency" and search["runtime"] == "onnxruntime" and search["threads"] == 2
+    rows = search["candidates"]
+    assert rows[0]["plan"] == "target's plan" and len(rows) == 5
+    assert all(r["p50_ms"] > 0 and r["size_bytes"] > 0 and 0 <= r["drift"] < 1 for r in rows)
+    # without --max-drift the budget is the target's own plan's drift: speed is never bought with fidelity
+    assert search["budget_from"].startswith("the target's own plan")
+    assert search["drift_budget"] >= rows[0]["drift"] and rows[0]["within_budget"]
+    chosen = next(r for r in rows if r["plan"] == search["chosen"])
+    assert chosen["within_budget"]
+    assert chosen["p50_ms"] == min(r["p50_ms"] for r in rows if r["within_budget"])
+    assert search["int8_faster_than_fp32"] == (chosen["p50_ms"] < search["fp32_ms"])
+    assert chosen["vs_fp32"] == pytest.approx(search["fp32_ms"] / chosen["p50_ms"], rel=1e-2)
+    # the plan the manifest describes is the chosen one: its extra float layers are said, with the reason
+    by_search = [r for r in quant["layers"] if "--optimize latency" in r["reason"]]
+    assert len(by_search) == chosen["float_layers"]
+    assert quant["measured"]["plan_drift"] == pytest.approx(chosen["drift"], abs=2e-3)
+    said = "chose '" if search["int8_faster_than_fp32"] else "no INT8 plan is faster than FP32"
+    assert said in stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{FIXTURE}_int8.onnx", f"{FIXTURE}_int8.onnx.manifest.json"]
+
+
+def test_optimize_latency_with_a_drift_budget_keeps_every_choice_within_it(cli, tmp_path):
+    code, stdout, stderr = cli("export", FIXTURE, "-t", "onnx", "--int8", "--optimize", "latency", "--max-drift", "0.5",
+                               "--calib-size", "32", "--out", str(tmp_path), "--json")
+    assert code == 0, stderr
+    search = json.loads(stdout)["quantization"]["latency_search"]
+    assert search["budget_from"] == "--max-drift" and search["drift_budget"] == 0.5
+    chosen = next(r for r in search["candidates"] if r["plan"] == search["chosen"])
+    assert chosen["drift"] <= 0.5
+    assert chosen["p50_ms"] == min(r["p50_ms"] for r in search["candidates"] if r["drift"] <= 0.5)
+
+
+def test_optimize_latency_needs_held_out_samples(cli, tmp_path):
+    code, _, stderr = cli("export", FIXTURE, "-t", "onnx", "--int8", "--optimize", "latency", "--calib", "synthetic",
+                          "--calib-size", "2", "--out", str(tmp_path / "o"))
+    assert code == 2 and "need held-out samples" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "o").exists()
