@@ -12,6 +12,8 @@ ops can cost more than the int8 kernels save. With ``--optimize latency`` the pl
    target; the FP32 model is exported too;
 3. all of them are timed side by side in one process on the target's runtime, with the export's thread count,
    in alternating rounds (:func:`time_side_by_side`: the minimum of round medians, which a burst cannot lower);
+   A candidate the target's converter refuses (LiteRT needs one scale across an int8 concatenation, which
+   every-kind plans break where a concatenation's input is requantized) is recorded and skipped;
 4. the fastest candidate within the budget wins. The budget is ``--max-drift`` when given, and otherwise the
    target's own plan's drift (plus 10%, the simulator's run-to-run noise on 8 samples): latency mode never
    buys speed with fidelity nobody offered.
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
-from edgehybrid.errors import UnknownNameError
+from edgehybrid.errors import EdgeHybridError, UnknownNameError
 
 #: a layer under this share of the model's MACs is "light": its int8 kernel saves less than its Q/DQ costs
 LIGHT_SHARE = 0.02
@@ -146,14 +148,23 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
     zero-argument callable that runs it once. ``budget`` None: the first candidate's drift plus noise."""
     drifts = {c.name: drift(c) for c in cands}
     limit = budget if budget is not None else drifts[cands[0].name] * NOISE + 1e-4
-    runners, sizes = {}, {}
+    runners, sizes, refused = {}, {}, []
     with tempfile.TemporaryDirectory(prefix="edgehybrid-latency-") as tmp:
         for i, cand in enumerate([None, *cands]):
             graph = fp32_graph if cand is None else build(cand)
             name = "FP32" if cand is None else cand.name
-            artifact = export(graph, Path(tmp) / f"trial{i}", cand is not None)
+            try:
+                artifact = export(graph, Path(tmp) / f"trial{i}", cand is not None)
+            except EdgeHybridError as exc:
+                if cand is None or cand is cands[0]:  # FP32 and the target's own plan must convert
+                    raise
+                # e.g. LiteRT's converter needs one scale across an int8 concatenation and drops requantizes
+                refused.append({"plan": name, "error": str(exc).splitlines()[0][:300]})
+                log(f"  {name}: not convertible for this target, skipped ({refused[-1]['error'][:120]})")
+                continue
             runners[name] = open_runner(artifact)
             sizes[name] = _size(artifact.path)
+        cands = [c for c in cands if c.name in runners]
         log(f"timing {len(cands)} INT8 plans against FP32 on {runtime} ({threads} threads, {ROUNDS} alternating "
             "rounds)")
         timed = time_side_by_side(runners)
@@ -169,7 +180,8 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
     report = {"runtime": runtime, "threads": threads, "rounds": ROUNDS, "statistic": "minimum of round medians",
               "fp32_ms": fp32_ms, "fp32_size_bytes": sizes["FP32"], "drift_budget": round(limit, 5),
               "budget_from": "--max-drift" if budget is not None else "the target's own plan (+10% noise)",
-              "candidates": rows, "chosen": chosen.name, "int8_faster_than_fp32": faster}
+              "candidates": rows, "not_convertible": refused, "chosen": chosen.name,
+              "int8_faster_than_fp32": faster}
     for r in rows:
         log(f"  {r['plan']:<60s} {r['p50_ms']:8.3f} ms  {r['vs_fp32']:5.2f}x FP32  drift {r['drift']:.4f}"
             + ("" if r["within_budget"] else "  (over budget)"))
