@@ -181,8 +181,7 @@ def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy(), float_layers:
         edge = observer_edge(node)
         if edge is None:
             continue
-        producers, consumers, requant = edge
-        if not keep_edge(producers, consumers, int8, skipped, float_out, requant):
+        if not keep_edge(*edge, int8, skipped, float_out):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     graph.eliminate_dead_code()
@@ -209,31 +208,26 @@ class QuantizedGraph(nn.Module):
 
 
 def keep_edge(producers: set[str], consumers: set[str], int8: set[str], skipped: set[str],
-              float_out: set[str] = frozenset(), requant: bool = False) -> bool:
+              float_out: set[str] = frozenset()) -> bool:
     """Whether an observed edge is quantized: an int8 node consumes it, or an int8 node produces it, unless
     every consumer is a node the target keeps in float and every int8 producer can hand it a float output
     (``float_out``). Elsewhere an int8 op needs its int8 output: without it, converters fall back to a
-    float kernel for the op itself (LiteRT's CONV_2D / FULLY_CONNECTED run on dequantized weights).
-    A ``requant`` edge (an observer reading another observer: a concatenation's input requantized to its
-    scale) serves its int8 consumers only; the producer's int8 output is the other observer."""
+    float kernel for the op itself (LiteRT's CONV_2D / FULLY_CONNECTED run on dequantized weights)."""
     if consumers & int8:
         return True
-    if requant:
-        return False
     made = producers & int8
     return bool(made) and not (consumers <= skipped and made <= float_out)
 
 
-def observer_edge(node: torch.fx.Node) -> tuple[set[str], set[str], bool] | None:
-    """For an observer node: (producer nodes, consumer nodes, whether it requantizes another observer's
-    output) of the edge it observes, looking through reshapes and other value-preserving ops; None for any
-    other node."""
+def observer_edge(node: torch.fx.Node) -> tuple[set[str], set[str]] | None:
+    """For an observer node: (producer nodes, consumer nodes) of the edge it observes, looking through
+    reshapes and other value-preserving ops; None for any other node."""
     if not _is_observer(node):
         return None
     consumers: set[str] = set()
     for user in node.users:
         consumers |= _downstream(user)
-    return _upstream(node.args[0]), consumers, _is_observer(node.args[0])
+    return _upstream(node.args[0]), consumers
 
 
 def _is_observer(node: torch.fx.Node) -> bool:

@@ -63,7 +63,7 @@ class Simulator:
     def __post_init__(self):
         self.graph = copy.deepcopy(self.cal.prepared)
         self.float_out = float_output_nodes(self.cal.layers, self.policy.float_output_kinds)
-        self.edges: dict[str, tuple[set[str], set[str], bool]] = {}
+        self.edges: dict[str, tuple[set[str], set[str]]] = {}
         for node in self.graph.graph.nodes:
             edge = observer_edge(node)
             if edge is not None:
@@ -74,8 +74,8 @@ class Simulator:
 
     def _run(self, int8: set[str], skipped: set[str], float_out: set[str] | None = None) -> torch.Tensor:
         float_out = self.float_out if float_out is None else float_out
-        for name, (producers, consumers, requant) in self.edges.items():
-            getattr(self.graph, name).enabled = keep_edge(producers, consumers, int8, skipped, float_out, requant)
+        for name, (producers, consumers) in self.edges.items():
+            getattr(self.graph, name).enabled = keep_edge(producers, consumers, int8, skipped, float_out)
         with torch.no_grad():
             return torch.cat([self.graph(self.held_out[i:i + self.batch]) for i in
                               range(0, len(self.held_out) - self.batch + 1, self.batch)])

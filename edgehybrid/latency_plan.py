@@ -12,8 +12,8 @@ ops can cost more than the int8 kernels save. With ``--optimize latency`` the pl
    target; the FP32 model is exported too;
 3. all of them are timed side by side in one process on the target's runtime, with the export's thread count,
    in alternating rounds (:func:`time_side_by_side`: the minimum of round medians, which a burst cannot lower);
-   A candidate the target's converter refuses (LiteRT needs one scale across an int8 concatenation, which
-   every-kind plans break where a concatenation's input is requantized) is recorded and skipped;
+   A candidate the target's converter refuses (LiteRT's needs one scale across an int8 concatenation) is
+   recorded and skipped;
 4. the fastest candidate within the budget wins. The budget is ``--max-drift`` when given, and otherwise the
    target's own plan's drift (plus 10%, the simulator's run-to-run noise on 8 samples): latency mode never
    buys speed with fidelity nobody offered.
@@ -158,7 +158,7 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
             except EdgeHybridError as exc:
                 if cand is None or cand is cands[0]:  # FP32 and the target's own plan must convert
                     raise
-                # e.g. LiteRT's converter needs one scale across an int8 concatenation and drops requantizes
+                # e.g. LiteRT's converter needs one scale across an int8 concatenation
                 refused.append({"plan": name, "error": str(exc).splitlines()[0][:300]})
                 log(f"  {name}: not convertible for this target, skipped ({refused[-1]['error'][:120]})")
                 continue
