@@ -98,6 +98,7 @@ def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == [f"{FIXTURE}_int8.onnx", f"{FIXTURE}_int8.onnx.manifest.json"]
 
 
+@pytest.mark.slow  # a second full search (six exports): the default-budget search above runs in every CI
 def test_optimize_latency_with_a_drift_budget_keeps_every_choice_within_it(cli, tmp_path):
     code, stdout, stderr = cli("export", FIXTURE, "-t", "onnx", "--int8", "--optimize", "latency", "--max-drift", "0.5",
                                "--calib-size", "32", "--out", str(tmp_path), "--json")
