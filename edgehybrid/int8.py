@@ -144,8 +144,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
             steps = meet_budget(sim, req.max_drift)
         if latency:
             policy, search_report = _latency_search(cal, sim, policy, trials, req.max_drift, log)
-            sim = Simulator(cal, cal.held_out, policy)
-        final = sim.plan_sqnr()
+        final = sim.candidate_sqnr(policy)  # the plan as it now stands: after the budget and the search
         measured.update(plan_sqnr_db=_db(final), plan_drift=round(drift_of(final), 5))
         if req.max_drift is not None:
             measured["budget_met"] = drift_of(final) <= req.max_drift

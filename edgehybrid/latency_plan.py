@@ -37,6 +37,7 @@ import numpy as np
 
 from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
+from edgehybrid.manifest import artifact_digest
 
 #: a layer under this share of the model's MACs is "light": its int8 kernel saves less than its Q/DQ costs
 LIGHT_SHARE = 0.02
@@ -163,7 +164,7 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
                 log(f"  {name}: not convertible for this target, skipped ({refused[-1]['error'][:120]})")
                 continue
             runners[name] = open_runner(artifact)
-            sizes[name] = _size(artifact.path)
+            sizes[name] = artifact_digest(artifact.path)[1]
         cands = [c for c in cands if c.name in runners]
         log(f"timing {len(cands)} INT8 plans against FP32 on {runtime} ({threads} threads, {ROUNDS} alternating "
             "rounds)")
@@ -208,7 +209,3 @@ def feed_for(info, example: np.ndarray) -> np.ndarray:
 
     return to_layout(example, info.layout) if example.ndim == 4 else np.ascontiguousarray(example, np.float32)
 
-
-def _size(path: Path) -> int:
-    path = Path(path)
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
