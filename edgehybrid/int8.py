@@ -244,16 +244,32 @@ def _db(x: float) -> float | None:
     return None if math.isinf(x) else round(x, 2)
 
 
-def sensitivity_markdown(model: str, ranking: list[tuple[str, float]], layers: list[dict]) -> str:
-    """The ranked sensitivity table, most harmful first, as Markdown."""
-    by = {row["layer"]: row for row in layers}
+def sensitivity_markdown(model: str, report: dict) -> str:
+    """The ranked sensitivity table, most harmful first, as Markdown; with each layer's measured time in the
+    FP32 and INT8 artifacts where the run could time them (:mod:`edgehybrid.layer_latency`)."""
+    by = {row["layer"]: row for row in report["layers"]}
+    timed = report.get("layer_latency") or {}
     lines = [f"# INT8 sensitivity of {model}", "",
              "Output SQNR against FP32 when only this layer runs in int8 (held-out calibration samples); "
-             "lowest first: the layers INT8 hurts most.", "",
-             "| rank | layer | ops | SQNR dB | MACs | plan |", "| ---: | --- | --- | ---: | ---: | --- |"]
-    for i, (name, value) in enumerate(ranking, 1):
+             "lowest first: the layers INT8 hurts most.", ""]
+    cols = "| rank | layer | ops | SQNR dB | MACs | plan |"
+    if "fp32_total_ms" in timed:
+        lines += [f"Time: the layer's kernels per inference on {timed['runtime']} ({timed['threads']} threads, "
+                  f"per-op profiler, {timed['runs']} runs) in the FP32 and the INT8 artifact; whole model "
+                  f"{timed['fp32_total_ms']:.3f} ms FP32, {timed['int8_total_ms']:.3f} ms INT8. A sensitive layer "
+                  "that saves little time in int8 is the one to keep in float; `-`: no kernel of its own there (the "
+                  "runtime fused it into a neighbour, as FP32 Conv + SiLU).", ""]
+        cols += " FP32 ms | INT8 ms |"
+    elif timed.get("unavailable"):
+        lines += [f"No per-layer time: {timed['unavailable']}.", ""]
+    lines += [cols, "|" + "|".join(" ---: " if c.strip() in ("rank", "SQNR dB", "MACs", "FP32 ms", "INT8 ms")
+                                  else " --- " for c in cols.strip("|").split("|")) + "|"]
+    for i, entry in enumerate(report.get("sensitivity") or [], 1):
+        name, db = entry["layer"], entry["sqnr_db"]
         row = by.get(name, {})
-        lines.append(f"| {i} | `{name}` | {', '.join(row.get('ops', []))} | "
-                     f"{'inf' if math.isinf(value) else f'{value:.1f}'} | {row.get('macs', 0):,} | "
-                     f"{row.get('precision', '?')} |")
+        line = (f"| {i} | `{name}` | {', '.join(row.get('ops', []))} | {'inf' if db is None else f'{db:.1f}'} | "
+                f"{row.get('macs', 0):,} | {row.get('precision', '?')} |")
+        if "fp32_total_ms" in timed:
+            line += "".join(f" {'-' if entry.get(k) is None else f'{entry[k]:.3f}'} |" for k in ("fp32_ms", "int8_ms"))
+        lines.append(line)
     return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ from calibration.preprocess import (
     model_input,
     sample_images,
 )
+from edgehybrid import layer_latency
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import top1_text
 from edgehybrid.errors import InputError
@@ -246,9 +247,9 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         t = time.perf_counter()
         norm_example = torch.from_numpy(batched(model_input(pixels, spec.preprocessing), options.batch)[0])
         ckpt = parse_ref(req.model)[1] if src is None else None
+        trials = _trials(req, exporter, graph, example, spec)
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress,
-                                    bundled_calib=ckpt.calibration if ckpt is not None else None,
-                                    trials=_trials(req, exporter, graph, example, spec))
+                                    bundled_calib=ckpt.calibration if ckpt is not None else None, trials=trials)
         timings["quantize"] = time.perf_counter() - t
         fp32_graph = graph
         graph = NormalizeInGraph(quant.graph, spec.preprocessing) if options.normalize_in_graph else quant.graph
@@ -277,6 +278,11 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         timings["validate"] = time.perf_counter() - t
         log(_describe_validation(validation, timings["validate"], spec.preprocessing.noun))
 
+        if quant is not None and quant.sensitivity and validation["passed"]:  # each layer's time beside its error
+            with req.stepping(f"timing each layer on {exporter.target.runtime}"):
+                layer_latency.measure(exporter.target, lambda folder: trials.export(fp32_graph, folder, False),
+                                      artifact.path, quant.report, req.threads, log)
+
         timings["total"] = time.perf_counter() - t_start
         manifest = manifest_mod.build(
             req=req, loaded=loaded, artifact=artifact, final_path=final_path, validation=validation, timings=timings,
@@ -285,8 +291,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         )
         if quant is not None and quant.sensitivity:
             table = final_path.with_name(final_path.name + ".sensitivity.md")
-            write_text_atomic(stage / table.name, sensitivity_markdown(req.model, quant.sensitivity,
-                                                                       quant.report["layers"]))
+            write_text_atomic(stage / table.name, sensitivity_markdown(req.model, quant.report))
         raise_for(validation, req.target, req.model, artifact.outputs[0].name)
         manifest_path = final_path.with_name(final_path.name + ".manifest.json")
         staged_manifest = stage / manifest_path.name

@@ -112,6 +112,7 @@ class Target:
     requires_key: str = ""
     requires_example: str = ""
     opsets: range | None = None  # the format's operator-set versions --opset takes (ONNX); None: no such option
+    per_op_timing: bool = False  # its runtime's Python API times each kernel (--per-op, --sensitivity's latency)
 
     @property
     def precisions(self) -> tuple[Precision, ...]:
@@ -206,7 +207,7 @@ register(Target(
     probe_module="onnxruntime", device_package="onnxruntime", layout="NCHW",
     converter="torch.export + torch.onnx (dynamo)", requires_key="onnxruntime", requires_example="1.14",
     # 13 (per-axis QuantizeLinear) to 21, the newest whose ONNX Runtime release exporters/onnx_versions.py knows
-    opsets=range(13, 22),
+    opsets=range(13, 22), per_op_timing=True,
     tolerances={
         # fp32, on the seven zoo models at batch 1 and 8: worst max-abs 1.1e-5 of max|logit| (mobilevitv2's
         # GroupNorm as InstanceNormalization sums in another order), so rtol 1e-4 leaves ~10x; a wrong op or

@@ -109,6 +109,12 @@ def test_onnx_per_op(onnx_profile):
     # MobileViT-XXS: its three MobileViT blocks (the ones with transformers) and the convolutional stem
     assert {"stages.2.1", "stages.3.1", "stages.4.1", "stem"} <= names and "(unmapped)" not in names
     assert per_op["module_source"] in ("name scopes", "weight names (heuristic)")
+    # the same kernels by full module path (what --sensitivity's per-layer time sums), cut into blocks above
+    paths = per_op["by_path"]
+    assert sum(paths.values()) == pytest.approx(per_op["total_ms"])
+    assert any(p.startswith("stages.2.1.") and p.count(".") >= 3 for p in paths)
+    assert sum(ms for p, ms in paths.items() if p == "stem" or p.startswith("stem.")) == pytest.approx(
+        next(m["ms"] for m in modules if m["module"] == "stem"))
 
 
 def test_tflite_figures(tflite_profile, artifacts):

@@ -48,6 +48,17 @@ def test_int8_plans_your_module_paths_and_names_the_ops_it_has_no_rule_for(cli, 
     assert {"op": "erf", "layer": "block.mlp.1", "count": 1} in q["unplanned_ops"]  # the hand-written GELU
     assert m["validation"]["passed"] and m["validation"]["metrics"][next(iter(m["validation"]["metrics"]))][
         "cosine"] > 0.99
+    # each layer's measured time beside its error: ONNX Runtime's profiler, in the FP32 and the INT8 artifact
+    timed, rows = q["layer_latency"], {r["layer"]: r for r in q["sensitivity"]}
+    if target == "onnx":
+        assert timed["runtime"] == "onnxruntime" and timed["fp32_total_ms"] > 0 and timed["int8_total_ms"] > 0
+        for name in ("stem.0", "block.attn.qkv", "block.mlp.0", "head"):  # joined to both artifacts' kernels
+            assert rows[name]["fp32_ms"] > 0 and rows[name]["int8_ms"] > 0, rows[name]
+        assert sum(r["fp32_ms"] or 0 for r in rows.values()) <= timed["fp32_total_ms"] * 1.001
+        assert "| FP32 ms | INT8 ms |" in table
+    else:  # said, not guessed
+        assert "no per-op timing" in timed["unavailable"] and "FP32 ms" not in table
+        assert "No per-layer time: litert exposes no per-op timing" in table
     code, out, err = cli("check", tmp_path / Path(m["artifact"]).name, "--data", EVAL, "--json")
     report = json.loads(out)
     assert code == 0, err

@@ -484,7 +484,7 @@ def summarize_ops(per_node: dict, n_runs: int, path: str, optimized) -> dict:
               else "weight names (heuristic)" if orig_mod else None)
     by_name = {n["name"]: n for n in nodes}
     total = sum(us for us, _ in per_node.values()) or 1.0
-    by_type, by_mod = {}, {}
+    by_type, by_mod, by_path = {}, {}, {}
     cats = dict.fromkeys(("front_end", "attention", "convolution", "normalization", "other"), 0.0)
     for name, (us, op) in per_node.items():
         node, module = by_name.get(name), modules.get(name)
@@ -494,6 +494,8 @@ def summarize_ops(per_node: dict, n_runs: int, path: str, optimized) -> dict:
         slot[0], slot[1] = slot[0] + us, slot[1] + 1
         key = block_of(module[0]) if module else "(unmapped)"
         by_mod[key] = by_mod.get(key, 0.0) + us
+        if module:
+            by_path[module[0]] = by_path.get(module[0], 0.0) + us
 
     def ms(us):
         return us / n_runs / 1000.0
@@ -507,13 +509,14 @@ def summarize_ops(per_node: dict, n_runs: int, path: str, optimized) -> dict:
                        for op, (us, c) in sorted(by_type.items(), key=lambda kv: -kv[1][0])],
         "by_category": {k: v / total for k, v in cats.items() if v or k != "front_end"},
         "by_module": [{"module": m, "ms": ms(us), "share": us / total} for m, us in mods] if source else None,
+        "by_path": {m: ms(us) for m, us in by_path.items()} if source else None,
         "module_source": source, "missing": None,
     }
 
 
 def _no_per_op(reason: str) -> dict:
     return {"source": None, "total_ms": None, "runs": None, "by_op_type": None, "by_category": None,
-            "by_module": None, "module_source": None, "missing": reason}
+            "by_module": None, "by_path": None, "module_source": None, "missing": reason}
 
 
 class LiteRTProbe:
