@@ -58,7 +58,9 @@ def test_every_family_exports_to_every_target(cli, checkpoints, tmp_path, name, 
     assert _metrics(m)["cosine"] > 0.9999 and _metrics(m)["top1_informative"]
 
 
-@pytest.mark.parametrize("name, target", _cases(["onnx", "tflite"], {("efficientvit_b0", "tflite")}))
+# ExecuTorch INT8 (XNNPACK) validates on every family too, 47 s to 2.4 min each on 2 cores: --runslow; every
+# run quantizes to ExecuTorch through test_export_executorch.py
+@pytest.mark.parametrize("name, target", _cases(["onnx", "tflite", "executorch"], {("efficientvit_b0", "tflite")}))
 def test_every_family_quantizes_to_int8_and_validates(cli, checkpoints, tmp_path, name, target):
     m = _export(cli, name, checkpoints, tmp_path, "-t", target, "--int8", "--calib-size", "16")
     q = m["quantization"]
@@ -73,6 +75,9 @@ def test_every_family_quantizes_to_int8_and_validates(cli, checkpoints, tmp_path
         assert "stages.3.1.self_attn" in layers and any(op == "index_select" for op, _ in unplanned)
     if name == "cvt_13":
         assert "cvt.encoder.stages.2.layers.0.attention.attention" in layers
+    if target == "executorch":  # every int8 convolution / linear of the plan runs inside XNNPACK
+        weighted = m["details"]["delegation"]["int8_weighted_ops"]
+        assert weighted["delegated"] > 0 and weighted["portable"] == 0
 
 
 @pytest.mark.parametrize("typo, expected", [("efficientvit_bo", "efficientvit_b0"), ("botnet26t", "botnet26t_256"),
