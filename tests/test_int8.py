@@ -192,8 +192,26 @@ def test_float_layers_leave_the_quantized_graph(calibrated):
     assert quantized_matmuls(full) == quantized_matmuls(partial) + 2
 
 
-def test_sensitivity_ranks_every_layer_and_budget_is_honoured(calibrated):
-    cal = calibrated
+@pytest.fixture(scope="module")
+def small_calibrated(xxs):
+    """The user-model hybrid of tests/user_models (conv stem, attention, MLP: 16 layers at 32 px), calibrated on
+    the bundled photos: per-layer sensitivity costs one simulation per layer, 16 here and 152 on MobileViT-XXS."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_hybrid", Path(__file__).parent / "user_models" /
+                                                  "tiny_hybrid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.build().eval()
+    from dataclasses import replace
+
+    src = open_source(None, replace(xxs.spec.preprocessing, resize=32, crop=(32, 32)), (3, 32, 32), size=24)
+    return calibrate(capture(model, torch.zeros(1, 3, 32, 32)), src.batches(8), holdout=4)
+
+
+def test_sensitivity_ranks_every_layer_and_budget_is_honoured(small_calibrated):
+    cal = small_calibrated
     sim = Simulator(cal, cal.held_out)
     ranking = measure_sensitivity(sim)
     assert len(ranking) == len(cal.layers)
