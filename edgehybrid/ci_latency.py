@@ -47,6 +47,7 @@ REFERENCE_SIZE = (64, 64)
 GATE_THREADS = 1
 #: the clock the gate times with when the runtime computes on the calling thread (see the module's docstring)
 CPU_CLOCK = "thread cpu"
+WALL_CLOCK = "wall"
 #: what the baseline records beside the ratios: a baseline timed against another reference is not compared
 REFERENCE_ID = f"{REFERENCE_MODEL} fp32 {REFERENCE_SIZE[0]}x{REFERENCE_SIZE[1]}, same runtime, 1 thread"
 
@@ -135,9 +136,9 @@ def _clock(call) -> str:
     """:data:`CPU_CLOCK` when the runtime computes on the calling thread (its CPU time is then the inference's
     time, whoever else wants the cores), else wall-clock time: a runtime that hands work to threads of its own
     despite one thread would show almost no CPU time on the caller."""
-    cpu, wall = _timer(CPU_CLOCK), _timer("wall")
+    cpu, wall = _timer(CPU_CLOCK), _timer(WALL_CLOCK)
     return CPU_CLOCK if statistics.median(cpu(call) for _ in range(5)) >= 0.8 * min(wall(call) for _ in range(5)) \
-        else "wall"
+        else WALL_CLOCK
 
 
 def judge(now: dict | None, base: dict | None, tolerance: float) -> dict:

@@ -249,27 +249,26 @@ def sensitivity_markdown(model: str, report: dict) -> str:
     FP32 and INT8 artifacts where the run could time them (:mod:`edgehybrid.layer_latency`)."""
     by = {row["layer"]: row for row in report["layers"]}
     timed = report.get("layer_latency") or {}
+    has_times = "fp32_total_ms" in timed
     lines = [f"# INT8 sensitivity of {model}", "",
              "Output SQNR against FP32 when only this layer runs in int8 (held-out calibration samples); "
              "lowest first: the layers INT8 hurts most.", ""]
-    cols = "| rank | layer | ops | SQNR dB | MACs | plan |"
-    if "fp32_total_ms" in timed:
+    if has_times:
         lines += [f"Time: the layer's kernels per inference on {timed['runtime']} ({timed['threads']} threads, "
                   f"per-op profiler, {timed['runs']} runs) in the FP32 and the INT8 artifact; whole model "
                   f"{timed['fp32_total_ms']:.3f} ms FP32, {timed['int8_total_ms']:.3f} ms INT8. A sensitive layer "
                   "that saves little time in int8 is the one to keep in float; `-`: no kernel of its own there (the "
                   "runtime fused it into a neighbour, as FP32 Conv + SiLU).", ""]
-        cols += " FP32 ms | INT8 ms |"
     elif timed.get("unavailable"):
         lines += [f"No per-layer time: {timed['unavailable']}.", ""]
-    lines += [cols, "|" + "|".join(" ---: " if c.strip() in ("rank", "SQNR dB", "MACs", "FP32 ms", "INT8 ms")
-                                  else " --- " for c in cols.strip("|").split("|")) + "|"]
+    lines += ["| rank | layer | ops | SQNR dB | MACs | plan |" + (" FP32 ms | INT8 ms |" if has_times else ""),
+              "| ---: | --- | --- | ---: | ---: | --- |" + (" ---: | ---: |" if has_times else "")]
     for i, entry in enumerate(report.get("sensitivity") or [], 1):
         name, db = entry["layer"], entry["sqnr_db"]
         row = by.get(name, {})
         line = (f"| {i} | `{name}` | {', '.join(row.get('ops', []))} | {'inf' if db is None else f'{db:.1f}'} | "
                 f"{row.get('macs', 0):,} | {row.get('precision', '?')} |")
-        if "fp32_total_ms" in timed:
+        if has_times:
             line += "".join(f" {'-' if entry.get(k) is None else f'{entry[k]:.3f}'} |" for k in ("fp32_ms", "int8_ms"))
         lines.append(line)
     return "\n".join(lines) + "\n"

@@ -73,14 +73,11 @@ def _by_layer(by_path: dict[str, float], layers: list[str]) -> dict[str, float]:
 
 
 def _profile(path: Path, threads: int) -> dict:
-    import numpy as np
-
     from edgehybrid.profiling import probe
 
     p = probe.OnnxProbe()
     p.load(str(path), threads)
-    rng = np.random.default_rng(0)
-    p.prepare({name: probe.random_input(shape, dtype, rng) for name, shape, dtype in p.inputs})
+    p.prepare(probe.seeded_feeds(p.inputs))
     return p.per_op(str(path), threads, WARMUP, RUNS)
 
 

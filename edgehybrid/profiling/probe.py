@@ -155,6 +155,12 @@ def random_input(shape, dtype: str, rng) -> np.ndarray:
     raise ProbeError("input", "cannot build a random input of dtype %s" % dtype)
 
 
+def seeded_feeds(inputs) -> dict:
+    """One seeded random array per ``(name, shape, dtype)`` input: every profile of a model gets the same."""
+    rng = np.random.default_rng(0)
+    return {name: random_input(shape, dtype, rng) for name, shape, dtype in inputs}
+
+
 def latency_stats(samples_ms) -> dict:
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])  # linear interpolation (numpy's default)
@@ -717,8 +723,7 @@ def measure(args) -> dict:
     names = [i[0] for i in rt.inputs]
     if args.input_name and args.input_name not in names:
         raise ProbeError("input", "%s has no input %r; its inputs are: %s" % (path, args.input_name, ", ".join(names)))
-    rng = np.random.default_rng(0)
-    rt.prepare({name: random_input(shape, dtype, rng) for name, shape, dtype in rt.inputs})
+    rt.prepare(seeded_feeds(rt.inputs))
     try:
         t = time.perf_counter_ns()
         rt.run()
