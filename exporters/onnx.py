@@ -24,7 +24,7 @@ from torch import nn
 from calibration.ops import OpKind, QuantPolicy
 from edgehybrid.errors import ANSI_ESCAPE, EdgeHybridError, first_line
 from edgehybrid.requires import Requirement
-from exporters import onnx_versions
+from exporters import onnx_rewrites, onnx_versions
 from exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -186,6 +186,8 @@ def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, 
     details["simplifier"] = simplifier
     if reason:
         details["simplifier_reason"] = reason
+    if "gelu_for_onnxruntime" not in details:  # an INT8 graph has had its own rewrite
+        details["gelu_for_onnxruntime"] = {"reordered": onnx_rewrites.gelu_for_ort(simplified, fused=False)}
     onnx_versions.stamp_lowest(simplified, keep_opset=pinned)
     t = time.perf_counter()
     _check(onnx, simplified, what)
@@ -197,81 +199,19 @@ def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, 
 
 
 def _write_int8(onnx, mp, out: Path, what: str, details: dict, timings: dict, pinned: bool):
-    """QDQ model with uint8 activations for ONNX Runtime, saved like any other but not simplified; records
-    what ONNX Runtime fuses it into."""
+    """QDQ model rewritten for ONNX Runtime's integer kernels (``exporters.onnx_rewrites``), saved like any other
+    but not simplified; records what ONNX Runtime fuses it into."""
     t = time.perf_counter()
-    details["uint8_activation_edges"] = uint8_activations(mp)
-    timings["uint8"] = time.perf_counter() - t
+    details["uint8_activation_edges"] = onnx_rewrites.uint8_activations(mp)
+    details["integer_hardswish"] = onnx_rewrites.integer_hardswish(mp)
+    details["gelu_for_onnxruntime"] = {"com.microsoft.Gelu": onnx_rewrites.gelu_for_ort(mp, fused=True)}
+    timings["int8_rewrites"] = time.perf_counter() - t
     mp = _write_single(onnx, mp, out, what, details, timings,
                        no_simplify="int8: a simplifier would fold int8 weights back to float", pinned=pinned)
     t = time.perf_counter()
-    details["onnxruntime_optimized_ops"] = _ort_optimized_ops(out)
+    details["onnxruntime_optimized_ops"] = onnx_rewrites.ort_optimized_ops(out)
     timings["inspect"] = time.perf_counter() - t
     return mp
-
-
-def uint8_activations(mp) -> int:
-    """Store activation quantization as uint8 (zero point + 128, same scale: the same real values), keeping
-    int8 weights: ONNX Runtime's x86 kernels are u8 x s8 (VNNI); with int8 activations most Convs stay
-    float (6 of 35 fused on mobilevit_s). Returns the number of QuantizeLinear/DequantizeLinear changed."""
-    from onnx import numpy_helper
-
-    import numpy as np
-
-    inits = {i.name: i for i in mp.graph.initializer}
-    weight_dq = {n.input[0] for n in mp.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
-    shifted: dict[str, str] = {}
-    changed = 0
-    for node in mp.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
-            continue
-        if node.op_type == "DequantizeLinear" and node.input[0] in weight_dq:
-            continue
-        zp = node.input[2]
-        if zp not in inits or numpy_helper.to_array(inits[zp]).dtype != np.int8:
-            continue
-        if zp not in shifted:
-            arr = numpy_helper.to_array(inits[zp]).astype(np.int16) + 128
-            name = f"{zp}_uint8"
-            mp.graph.initializer.append(numpy_helper.from_array(arr.astype(np.uint8), name))
-            shifted[zp] = name
-        node.input[2] = shifted[zp]
-        changed += 1
-    # value_info still types the shifted tensors as int8; shape inference on load re-derives them
-    del mp.graph.value_info[:]
-    used = {i for n in mp.graph.node for i in n.input}
-    keep = [i for i in mp.graph.initializer if i.name in used]
-    del mp.graph.initializer[:]
-    mp.graph.initializer.extend(keep)
-    return changed
-
-
-def _ort_optimized_ops(path: Path) -> dict:
-    """Op counts of the graph ONNX Runtime actually runs (CPU, all optimizations): shows whether the QDQ pairs
-    were fused into integer kernels (QLinearConv, QGemm, ...) or left around float ops."""
-    import tempfile
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {"error": "onnxruntime not installed"}
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = 1
-        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        import onnx
-
-        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-    integer = {k: v for k, v in ops.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger"))}
-    return {"integer_kernels": dict(sorted(integer.items())), "quantize": ops.get("QuantizeLinear", 0),
-            "dequantize": ops.get("DequantizeLinear", 0),
-            "float_compute": {k: v for k, v in ops.most_common() if k in _FLOAT_COMPUTE}}
-
-
-_FLOAT_COMPUTE = ("Conv", "Gemm", "MatMul", "FusedMatMul", "Softmax", "LayerNormalization", "SkipLayerNormalization",
-                  "Sigmoid", "Mul", "Add", "Gelu", "QuickGelu", "BiasGelu", "Erf", "HardSigmoid")
 
 
 def _write_external(onnx, program, out: Path, what: str, details: dict, timings: dict):
