@@ -99,12 +99,17 @@ class QuantPolicy:
     can write a float output (ONNX Runtime's MatMulIntegerToFloat), so an int8 op feeding only float ops
     needs no quantized output. ``fold_quantize``: int8 weights stored folded (True) or as float + quantize.
     ``activation_storage``: how the file stores int8 activations, said in the manifest.
+    ``unaccelerated_int8``: (aten op, why) pairs for ops the target's converter turns into an int8 kernel
+    whenever their input and output are both quantized, but whose int8 kernel the runtime's accelerator lacks,
+    so it runs outside it and splits the accelerated graph. The plan keeps one side of each such op in float
+    (:func:`calibration.quantize.isolate_unaccelerated`).
     """
 
     float_kinds: frozenset[OpKind] = frozenset()
     float_output_kinds: frozenset[OpKind] = frozenset()
     fold_quantize: bool = True
     activation_storage: str = "int8"
+    unaccelerated_int8: tuple[tuple[torch._ops.OpOverload, str], ...] = ()
 
     def __post_init__(self) -> None:
         for what in ("float_kinds", "float_output_kinds"):
@@ -113,6 +118,9 @@ class QuantPolicy:
             if bad:
                 raise TypeError(f"QuantPolicy.{what} takes OpKind members, got {bad!r}")
             object.__setattr__(self, what, frozenset(kinds))
+        bad = [op for op, _why in self.unaccelerated_int8 if not isinstance(op, torch._ops.OpOverload)]
+        if bad:
+            raise TypeError(f"QuantPolicy.unaccelerated_int8 takes (aten op overload, reason) pairs, got {bad!r}")
 
     def float_kind_names(self) -> list[str]:
         return sorted(k.value for k in self.float_kinds)

@@ -23,12 +23,12 @@ from torch import nn
 
 from calibration.annotate import CALIB_METHODS, DEFAULT_METHOD, CalibrationMethod, check_method, make_quantizer, torchao
 from calibration.fold import fold_channel_scales, split_silu
-from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layers_of, passes
+from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, passes
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 
 __all__ = ["CALIB_METHODS", "CalibrationMethod", "Calibrated", "QuantizedGraph", "apply_float_layers", "calibrate",
-           "capture", "check_method", "finalize", "float_output_nodes", "int8_nodes", "keep_edge", "observer_edge",
-           "plan_nodes"]
+           "capture", "check_method", "finalize", "float_output_nodes", "int8_nodes", "isolate_unaccelerated",
+           "keep_edge", "observer_edge", "plan_nodes"]
 
 
 @dataclass
@@ -139,6 +139,35 @@ def apply_float_layers(layers: dict[str, Layer], names: Iterable[str], reason: s
             raise UnknownNameError.for_choice("layer", name, layers, hint="see the layer names in the manifest "
                                               "or the --sensitivity table")
         layers[name].precision, layers[name].reason = "float", reason
+
+
+def isolate_unaccelerated(cal: Calibrated, policy: QuantPolicy, target: str) -> list[str]:
+    """Keep one side of each of ``policy.unaccelerated_int8``'s ops in float, so that no such op has both a
+    quantized input and a quantized output and the converter never writes its int8 kernel. The side whose int8
+    layers cost fewer MACs goes float (in an MBConv: the depthwise convolution between two HardSwish). The
+    layers are marked with the reason; returns their names."""
+    why_of = dict(policy.unaccelerated_int8)
+    marked: list[str] = []
+    if not why_of:
+        return marked
+    layer_of_node = {node: name for name, layer in cal.layers.items() for node in layer.nodes}
+    for node in cal.prepared.graph.nodes:
+        if node.op != "call_function" or node.target not in why_of or not node.args:
+            continue
+        int8 = int8_nodes(cal.layers, policy.float_kinds)
+        before = _upstream(node.args[0]) & int8
+        after = set().union(*(_downstream(user) for user in node.users)) & int8
+        if not before or not after:
+            continue
+        sides = [sorted({layer_of_node[n] for n in side}) for side in (before, after)]
+        cheaper = min(sides, key=lambda names: sum(cal.layers[n].macs for n in names))
+        op = str(node.target.name()).replace("aten::", "")
+        for layer in (cal.layers[n] for n in cheaper):
+            layer.precision = "float"
+            layer.reason = (f"kept in float on {target} beside {op} ({layer_of(node)}), the cheaper side: "
+                            f"{why_of[node.target]}")
+            marked.append(layer.name)
+    return marked
 
 
 def int8_nodes(layers: dict[str, Layer], float_kinds: Iterable[OpKind] = ()) -> set[str]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from calibration.annotate import DEFAULT_METHOD, CalibrationMethod
 from calibration.ops import unplanned_ops
-from calibration.quantize import apply_float_layers, calibrate, capture, finalize
+from calibration.quantize import apply_float_layers, calibrate, capture, finalize, isolate_unaccelerated
 from calibration.sensitivity import (
     Simulator,
     drift_of,
@@ -129,6 +129,11 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     apply_float_layers(cal.layers, req.float_layers, "kept in float by --float-layers")
     for prefix, reason in spec.float_modules:  # the model's own rule (a speech front end), said in the manifest
         apply_float_layers(cal.layers, [n for n in cal.layers if n == prefix or n.startswith(prefix + ".")], reason)
+    isolated = isolate_unaccelerated(cal, policy, exporter.name)
+    if isolated:
+        log(f"{len(isolated)} layer(s) kept in float on {exporter.name} beside ops its runtime does not accelerate "
+            f"in int8 ({', '.join(sorted({str(op.name()).replace('aten::', '') for op, _ in policy.unaccelerated_int8}))}"
+            f"; reasons in the manifest): " + ", ".join(isolated[:3]) + (" ..." if len(isolated) > 3 else ""))
 
     ranking: list[tuple[str, float]] = []
     steps: list[dict] = []

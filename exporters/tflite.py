@@ -80,7 +80,14 @@ class TFLiteExporter(Exporter):
     #: fuses a DEQUANTIZE -> op -> QUANTIZE sandwich into the op's int8 kernel where it has one (GELU, PAD).
     #: Every int8 LiteRT kernel writes int8 (no float-output kinds); litert-torch lowers float weights +
     #: quantize, not folded int8 weights.
-    quant_policy: ClassVar[QuantPolicy] = QuantPolicy(float_kinds=UNWEIGHTED, fold_quantize=False)
+    #: The converter also fuses DEQUANTIZE -> HARD_SWISH -> QUANTIZE into an int8 HARD_SWISH, which XNNPACK does
+    #: not take: each one runs on LiteRT's own kernels and splits the delegated graph. efficientvit_b1 (224 px,
+    #: 2 threads) had 30 of them in 31 partitions and ran at 0.27-0.36x FP32 (litert-torch's default recipe:
+    #: the same); with the depthwise convolutions between the HardSwish in float it is one partition at 1.57x.
+    quant_policy: ClassVar[QuantPolicy] = QuantPolicy(
+        float_kinds=UNWEIGHTED, fold_quantize=False,
+        unaccelerated_int8=((torch.ops.aten.hardswish.default,
+                             "an int8 HARD_SWISH is not run by XNNPACK and splits LiteRT's delegated graph"),))
 
     def check_available(self) -> None:
         """Fail with the extra to install when litert-torch or the LiteRT interpreter is missing."""
