@@ -87,6 +87,12 @@ def export_cmd(
         "runtime (--threads), keep the fastest within the drift budget (--max-drift, else the default plan's), "
         "and say plainly when no INT8 plan beats FP32 [default: accuracy].",
     ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="With --optimize latency: time the candidate plans on a device over SSH, "
+        "ssh://user@host[:port] (its Python and runtime; the export itself runs here).",
+    ),
+    device_python: str = typer.Option("python3", "--device-python", help="Python executable on the device."),
+    identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="SSH private key for --device."),
     model_arg: Optional[list[str]] = typer.Option(
         None, "--model-arg", help="A keyword argument for your factory, key=value (repeatable; JSON values: 10, "
         "true, [1,2]; anything else is text).",
@@ -112,7 +118,7 @@ def export_cmd(
     int8_request = Int8Request(
         calib=calib, calib_size=calib_size, seed=seed, method=calib_method, sensitivity=sensitivity,
         max_drift=max_drift, float_layers=tuple(x.strip() for x in (float_layers or "").split(",") if x.strip()),
-        optimize=optimize,
+        optimize=optimize, device=device, device_python=device_python, identity=identity,
     )
     options = ExportOptions(
         precision=Precision.from_flags(precision, fp16, int8), batch=batch, normalize_in_graph=normalize_in_graph,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,11 +44,16 @@ class Int8Request:
     float_layers: tuple[str, ...] = ()
     holdout: int = 8
     optimize: Optimize | str | None = None  # default accuracy; latency: candidate plans timed on the target
+    #: ``--optimize latency`` on a device: ``ssh://user@host[:port]``, its Python and the SSH key
+    device: str | None = None
+    device_python: str = "python3"
+    identity: Path | None = None
+    ssh_options: tuple[str, ...] = ()  # extra ``ssh`` arguments (Python API only: a test's throwaway host key)
 
     #: option -> CLI spelling, for messages
     _FLAGS = {"calib": "--calib", "calib_size": "--calib-size", "seed": "--seed", "method": "--calib-method",
               "sensitivity": "--sensitivity", "max_drift": "--max-drift", "float_layers": "--float-layers",
-              "optimize": "--optimize"}
+              "optimize": "--optimize", "device": "--device"}
 
     def given(self) -> list[str]:
         """The options set, as the CLI spells them."""
@@ -74,19 +80,30 @@ class Int8Request:
             raise InputError(f"--max-drift is a relative logit error between 0 and 1 (0.05 = 5%), got {self.max_drift}")
         if self.holdout < 0:
             raise InputError(f"the held-out sample count cannot be negative, got {self.holdout}")
+        if self.device is not None:
+            from edgehybrid.profiling.remote import parse_device
+
+            if self.optimize_for is not Optimize.LATENCY:
+                raise InputError("--device times --optimize latency's candidate plans on a device (the export "
+                                 "itself runs here); add --optimize latency, or drop --device")
+            parse_device(self.device)  # a malformed URL: one line, before any work
+            if self.identity is not None and not Path(self.identity).is_file():
+                raise InputError(f"identity file {str(self.identity)!r} does not exist")
 
 
 @dataclass
 class Trials:
     """What a latency search needs from the export around it (``--optimize latency``): ``export(graph, folder,
-    int8)`` writes an artifact of ``graph`` for the target; ``open_runner(artifact)`` returns a call that runs
-    it once on the target's runtime; ``fp32_graph`` is the model as FP32 exports it."""
+    int8)`` writes an artifact of ``graph`` for the target; ``time_all({name: artifact})`` times them side by
+    side on the target's runtime, on ``where`` (this machine or a device); ``fp32_graph`` is the model as FP32
+    exports it."""
 
     export: Callable
-    open_runner: Callable
+    time_all: Callable
     fp32_graph: nn.Module
     runtime: str
     threads: int
+    where: str = "this machine"
 
 
 @dataclass
@@ -198,7 +215,7 @@ def _latency_search(cal, sim: Simulator, policy, trials: Trials | None, max_drif
     choice = search(candidates(cal.layers, policy),
                     lambda c: drift_of(sim.candidate_sqnr(c.policy, c.float_layers)),
                     lambda c: finalize(cal, c.policy, c.float_layers), trials.export, trials.fp32_graph,
-                    trials.open_runner, max_drift, trials.runtime, trials.threads, log)
+                    trials.time_all, max_drift, trials.runtime, trials.threads, log, trials.where)
     chosen = choice.candidate
     share = next(r["vs_fp32"] for r in choice.report["candidates"] if r["plan"] == chosen.name)
     for name in chosen.float_layers:

@@ -26,9 +26,7 @@ A search costs one export and a few seconds of timing per candidate, so it is an
 from __future__ import annotations
 
 import enum
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,14 +36,12 @@ import numpy as np
 from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 from edgehybrid.manifest import artifact_digest
+from edgehybrid.profiling.probe import ROUND_S, ROUNDS, time_side_by_side  # noqa: F401  (re-exported)
 
 #: a layer under this share of the model's MACs is "light": its int8 kernel saves less than its Q/DQ costs
 LIGHT_SHARE = 0.02
 #: without --max-drift, a candidate may drift this much more than the target's own plan (simulator noise)
 NOISE = 1.10
-#: seconds of timing per candidate and round, and the rounds
-ROUND_S = 0.15
-ROUNDS = 5
 
 
 class Optimize(str, enum.Enum):
@@ -107,32 +103,6 @@ def candidates(layers: dict, policy: QuantPolicy) -> list[Candidate]:
     return unique
 
 
-def time_side_by_side(runs: dict[str, Callable[[], object]], rounds: int = ROUNDS,
-                      round_s: float = ROUND_S) -> dict[str, dict]:
-    """Each callable's latency in ms, measured in alternating rounds in one process: per round, every callable
-    runs warm-up calls then enough timed calls to last ``round_s``; the figure is the minimum of its round
-    medians (a burst of load only adds time), with the spread of the round medians beside it."""
-    per_call = {}
-    for name, call in runs.items():
-        for _ in range(3):
-            call()
-        t = time.perf_counter()
-        call()
-        per_call[name] = max(time.perf_counter() - t, 1e-5)
-    medians: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, call in runs.items():
-            call()
-            n = max(5, min(200, int(round_s / per_call[name])))
-            times = []
-            for _ in range(n):
-                t = time.perf_counter_ns()
-                call()
-                times.append((time.perf_counter_ns() - t) / 1e6)
-            medians[name].append(statistics.median(times))
-    return {name: {"ms": round(min(m), 4), "spread": round(max(m) / min(m), 3)} for name, m in medians.items()}
-
-
 @dataclass
 class Choice:
     """The search's outcome: the chosen candidate, and the report the manifest records."""
@@ -142,14 +112,16 @@ class Choice:
 
 
 def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: Callable[[Candidate], object],
-           export: Callable[[object, Path], object], fp32_graph, open_runner: Callable[[object], Callable],
-           budget: float | None, runtime: str, threads: int, log: Callable[[str], None]) -> Choice:
+           export: Callable[[object, Path], object], fp32_graph,
+           time_all: Callable[[dict[str, object]], dict[str, dict]], budget: float | None, runtime: str,
+           threads: int, log: Callable[[str], None], where: str = "this machine") -> Choice:
     """Measure every candidate and choose. ``drift(c)``: its drift on held-out samples; ``build(c)``: its
-    quantized graph; ``export(graph, folder, int8)``: an artifact on the target; ``open_runner(artifact)``: a
-    zero-argument callable that runs it once. ``budget`` None: the first candidate's drift plus noise."""
+    quantized graph; ``export(graph, folder, int8)``: an artifact on the target; ``time_all({name: artifact})``:
+    every artifact's ``{"ms", "spread"}`` timed side by side (here, or on a device: ``where``). ``budget`` None:
+    the first candidate's drift plus noise."""
     drifts = {c.name: drift(c) for c in cands}
     limit = budget if budget is not None else drifts[cands[0].name] * NOISE + 1e-4
-    runners, sizes, refused = {}, {}, []
+    artifacts, sizes, refused = {}, {}, []
     with tempfile.TemporaryDirectory(prefix="edgehybrid-latency-") as tmp:
         for i, cand in enumerate([None, *cands]):
             graph = fp32_graph if cand is None else build(cand)
@@ -163,12 +135,12 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
                 refused.append({"plan": name, "error": str(exc).splitlines()[0][:300]})
                 log(f"  {name}: not convertible for this target, skipped ({refused[-1]['error'][:120]})")
                 continue
-            runners[name] = open_runner(artifact)
+            artifacts[name] = artifact
             sizes[name] = artifact_digest(artifact.path)[1]
-        cands = [c for c in cands if c.name in runners]
-        log(f"timing {len(cands)} INT8 plans against FP32 on {runtime} ({threads} threads, {ROUNDS} alternating "
-            "rounds)")
-        timed = time_side_by_side(runners)
+        cands = [c for c in cands if c.name in artifacts]
+        log(f"timing {len(cands)} INT8 plans against FP32 on {runtime} on {where} ({threads} threads, {ROUNDS} "
+            "alternating rounds)")
+        timed = time_all(artifacts)
     fp32_ms = timed["FP32"]["ms"]
     rows = [{"plan": c.name, "float_kinds": c.policy.float_kind_names(), "float_layers": len(c.float_layers),
              "p50_ms": timed[c.name]["ms"], "spread": timed[c.name]["spread"],
@@ -178,7 +150,8 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
     best = min(eligible, key=lambda r: r["p50_ms"])
     chosen = next(c for c in cands if c.name == best["plan"])
     faster = best["p50_ms"] < fp32_ms
-    report = {"runtime": runtime, "threads": threads, "rounds": ROUNDS, "statistic": "minimum of round medians",
+    report = {"runtime": runtime, "device": where, "threads": threads, "rounds": ROUNDS,
+              "statistic": "minimum of round medians",
               "fp32_ms": fp32_ms, "fp32_size_bytes": sizes["FP32"], "drift_budget": round(limit, 5),
               "budget_from": "--max-drift" if budget is not None else "the target's own plan (+10% noise)",
               "candidates": rows, "not_convertible": refused, "chosen": chosen.name,
@@ -193,7 +166,9 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
 def verdict(report: dict) -> str:
     """The search's result in one plain sentence: what was chosen and whether INT8 is faster here at all."""
     best = next(r for r in report["candidates"] if r["plan"] == report["chosen"])
-    where = f"on {report['runtime']} with {report['threads']} thread{'s' if report['threads'] != 1 else ''}"
+    device = report.get("device", "this machine")
+    where = (f"on {report['runtime']}{'' if device == 'this machine' else ' on ' + device} with "
+             f"{report['threads']} thread{'s' if report['threads'] != 1 else ''}")
     if report["int8_faster_than_fp32"]:
         return (f"chose '{best['plan']}': {best['vs_fp32']:.2f}x FP32's speed {where} ({best['p50_ms']:.3f} vs "
                 f"{report['fp32_ms']:.3f} ms), drift {best['drift']:.4f}")

@@ -7,6 +7,7 @@ and its manifest renamed into place. A failed export or validation leaves the ou
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -125,9 +126,11 @@ class ExportRequest:
                              "(or drop the option)")
         if precision.calibrated:
             (self.int8 or Int8Request()).check()
-            if (self.int8 or Int8Request()).optimize_for is Optimize.LATENCY and not target.executes_here():
+            int8 = self.int8 or Int8Request()
+            if int8.optimize_for is Optimize.LATENCY and int8.device is None and not target.executes_here():
                 raise InputError(f"--optimize latency times candidate plans on {target.runtime}, which runs on "
-                                 f"{target.runs_on} only; run it there, or drop --optimize")
+                                 f"{target.runs_on} only; run it there, time it there with --device, or drop "
+                                 "--optimize")
         _check_versions(target, self.options)
         self._check_model_options()
         return target
@@ -218,6 +221,11 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     images = _validation_inputs(req)  # cheap input checks first: a typo costs no model load
     stem = artifact_stem(req.display_name(), req.precision)
     check_replaceable(Path(req.out_dir) / f"{stem}{target.suffix}", target.artifact_is_folder)
+    if req.int8 is not None and req.int8.device is not None and req.precision.calibrated:
+        # an unreachable device or a refused key: one line now, not after calibration and six exports
+        from edgehybrid.profiling.remote import check_reachable, parse_device
+
+        check_reachable(parse_device(req.int8.device), req.int8.identity, list(req.int8.ssh_options))
     with output_dir(req.out_dir) as out_dir:  # a failed export leaves no new empty folder
         return _export_into(req, exporter, req.int8 or Int8Request(), images, out_dir, stem, log, t_start)
 
@@ -311,6 +319,8 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
 def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.Tensor, spec) -> Trials:
     """How ``--optimize latency`` exports a candidate plan (with the request's options) and runs it on the
     target's runtime, fed the export's own example in the artifact's layout."""
+    from edgehybrid.latency_plan import time_side_by_side
+    from edgehybrid.profiling.remote import parse_device, time_side_by_side_remote
     from edgehybrid.runtimes import open_session
 
     options = req.options
@@ -323,13 +333,26 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
         opts = options if int8 else replace(options, precision=Precision.FP32)
         return exporter.export(graph, example, spec, opts, folder / f"trial{exporter.suffix}")
 
-    def open_runner(artifact):
-        session = open_session(req.target, artifact.path, req.threads).session
-        info = artifact.inputs[0]
-        feeds = {info.name: feed_for(info, example.numpy())}
-        return lambda: session.run(feeds)
+    def time_here(artifacts: dict) -> dict:
+        runs = {}
+        for name, artifact in artifacts.items():
+            session = open_session(req.target, artifact.path, req.threads).session
+            feeds = {artifact.inputs[0].name: feed_for(artifact.inputs[0], example.numpy())}
+            runs[name] = functools.partial(session.run, feeds)
+        return time_side_by_side(runs)
 
-    return Trials(export, open_runner, fp32_graph, exporter.target.runtime, req.threads)
+    int8 = req.int8 or Int8Request()
+    if int8.device is None:
+        return Trials(export, time_here, fp32_graph, exporter.target.runtime, req.threads)
+    device = parse_device(int8.device)
+
+    def time_there(artifacts: dict) -> dict:
+        paths = {name: artifact.path for name, artifact in artifacts.items()}
+        return time_side_by_side_remote(device, paths, exporter.target.runtime, req.threads,
+                                        python=int8.device_python, identity=int8.identity,
+                                        ssh_options=list(int8.ssh_options))
+
+    return Trials(export, time_there, fp32_graph, exporter.target.runtime, req.threads, where=device.url)
 
 
 def _validation_inputs(req: ExportRequest) -> list[Path]:

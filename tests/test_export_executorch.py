@@ -60,9 +60,16 @@ def test_profile_and_check_run_the_pte(cli, fixture_fp32):
     assert report["metrics"]["top1_agreement_pct"] == 100.0 and report["metrics"]["images"] == 64
 
 
-def test_int8_keeps_the_plans_float_layers_visible_in_the_delegation_report(cli, tmp_path):
-    floated = "stages.0.0.conv2_kxk.conv"  # one convolution kept float by the user
-    code, out, err = cli("export", "mobilevit_xxs.cifar10", "-t", "executorch", "--int8", "--calib-size", "16",
+TINY = f"{Path(__file__).parent / 'user_models' / 'tiny_hybrid.py'}:build"
+
+
+@pytest.mark.parametrize("model, floated", [
+    # a 16-layer hybrid of the user's own in every run; the MobileViT fixture (112 s on 2 cores) with --runslow
+    (TINY, "stem.3"), pytest.param("mobilevit_xxs.cifar10", "stages.0.0.conv2_kxk.conv", marks=pytest.mark.slow)],
+    ids=["tiny-hybrid", "mobilevit_xxs"])
+def test_int8_keeps_the_plans_float_layers_visible_in_the_delegation_report(cli, tmp_path, model, floated):
+    # one convolution kept float by the user
+    code, out, err = cli("export", model, "-t", "executorch", "--int8", "--calib-size", "16",
                          "--float-layers", floated, "-o", tmp_path, "--json")
     assert code == 0, err
     m = json.loads(out)

@@ -175,6 +175,9 @@ OPTIONS = {
     "optimize-typo": ["-t", "onnx", "--int8", "--optimize", "latncy"],
     "optimize-without-int8": ["-t", "onnx", "--optimize", "latency"],
     "optimize-with-int8-weights": ["-t", "onnx", "--int8", "weights", "--optimize", "latency"],
+    "device-without-optimize": ["-t", "onnx", "--int8", "--device", "ssh://pi@board"],
+    "device-not-ssh-export": ["-t", "onnx", "--int8", "--optimize", "latency", "--device", "pi@board"],
+    "device-without-int8": ["-t", "onnx", "--device", "ssh://pi@board"],
 }
 if sys.platform != "darwin":  # Core ML executes on macOS only: a latency search cannot time it elsewhere
     OPTIONS["optimize-latency-off-its-platform"] = ["-t", "coreml", "--int8", "--optimize", "latency"]

@@ -342,3 +342,71 @@ def test_errors_are_edgehybrid_errors():
     for cls in (ConnectionFailed, AuthenticationFailed, DevicePythonMissing, ProbeFailed, RuntimeMissing,
                 remote.RemoteError):
         assert issubclass(cls, EdgeHybridError)
+
+
+# ----------------------------------------------------------------- --optimize latency on the device
+
+def _conv_model(path: Path, size: int, channels: int) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((channels, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])],
+        "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, channels])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), str(path))
+    return path
+
+
+def test_artifacts_are_timed_side_by_side_on_the_device(sshd, tmp_path):
+    # two artifacts with the same file name, as a latency search writes them, one about 50x the other's work
+    light = _conv_model((tmp_path / "a").mkdir() or tmp_path / "a" / "trial.onnx", 32, 8)
+    heavy = _conv_model((tmp_path / "b").mkdir() or tmp_path / "b" / "trial.onnx", 128, 32)
+    timed = remote.time_side_by_side_remote(sshd.device, {"FP32": light, "every kind": heavy}, "onnxruntime", 1,
+                                            python=sys.executable, identity=sshd.key, ssh_options=NO_HOST_KEYS)
+    assert set(timed) == {"FP32", "every kind"}
+    assert 0 < timed["FP32"]["ms"] < timed["every kind"]["ms"] and all(t["spread"] >= 1 for t in timed.values())
+    assert leftovers(sshd) == []
+
+
+def test_optimize_latency_times_the_candidate_plans_on_the_device(sshd, tmp_path):
+    from edgehybrid.int8 import Int8Request
+    from edgehybrid.pipeline import ExportRequest, run_export
+    from edgehybrid.targets import Precision
+    from exporters.base import ExportOptions
+
+    tiny = f"{Path(__file__).parent / 'user_models' / 'tiny_hybrid.py'}:build"
+    int8 = Int8Request(calib_size=32, optimize="latency", device=sshd.device.url, device_python=sys.executable,
+                       identity=sshd.key, ssh_options=tuple(NO_HOST_KEYS))
+    m = run_export(ExportRequest(model=tiny, target="onnx", out_dir=tmp_path / "out", int8=int8,
+                                 options=ExportOptions(precision=Precision.INT8)), log=lambda _line: None)
+    search = m["quantization"]["latency_search"]
+    assert search["device"] == sshd.device.url and search["runtime"] == "onnxruntime"
+    assert len(search["candidates"]) == 5 and all(r["p50_ms"] > 0 for r in search["candidates"])
+    assert search["fp32_ms"] > 0 and m["validation"]["passed"]
+    assert leftovers(sshd) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (dict(device="ssh://pi@board"), "add --optimize latency"),
+    (dict(device="http://pi@board", optimize="latency"), "is not an SSH address"),
+    (dict(device="ssh://pi@board", optimize="latency", identity=Path("/no/such/key")), "identity file"),
+])
+def test_device_options_are_refused_before_any_work(args, words):
+    from edgehybrid.int8 import Int8Request
+
+    with pytest.raises(InputError, match=words) as info:
+        Int8Request(**args).check()
+    one_line(info.value)
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed")
+def test_an_unreachable_device_is_refused_before_any_export(cli, tmp_path):
+    tiny = f"{Path(__file__).parent / 'user_models' / 'tiny_hybrid.py'}:build"
+    t = time.monotonic()
+    code, _, err = cli("export", tiny, "-t", "onnx", "--int8", "--optimize", "latency", "--device",
+                       f"ssh://nobody@127.0.0.1:{free_port()}", "-o", tmp_path / "out")
+    assert code == 2 and "cannot connect to 127.0.0.1" in err and "Traceback" not in err
+    assert time.monotonic() - t < 20 and not (tmp_path / "out").exists()  # no calibration, no export, no folder

@@ -6,6 +6,11 @@ It runs under Python 3.8+ (older device images), so no newer syntax.
 
     probe.py ARTIFACT --runtime onnxruntime|litert|coreml|executorch --threads N --warmup N (--runs N | --min-time S)
              [--per-op] [--input-name NAME] [--device LABEL]
+    probe.py ARTIFACT ARTIFACT... --side-by-side --runtime R --threads N
+
+``--side-by-side`` (``--optimize latency`` on a device) loads every artifact in this one process and times
+them in alternating rounds (:func:`time_side_by_side`); the document is ``{"side_by_side": {name: {"ms",
+"spread"}}, ...}`` with the runtime, its version, the threads and the machine.
 
 Order: import the runtime, note RSS (baseline); load the artifact (``load_ms``); build a seeded random
 input from the artifact's own input name/shape/dtype (floats uniform in [-1, 1): latency does not depend on
@@ -58,6 +63,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -699,6 +705,56 @@ RUNTIMES = {"onnxruntime": OnnxProbe, "litert": LiteRTProbe, "coreml": CoreMLPro
 
 # ---------------------------------------------------------------- measurement
 
+#: seconds of timing per artifact and round, and the rounds, of a side-by-side comparison
+ROUND_S = 0.15
+ROUNDS = 5
+
+
+def time_side_by_side(runs, rounds=ROUNDS, round_s=ROUND_S) -> dict:
+    """Each zero-argument callable's latency in ms, measured in alternating rounds in one process: per round,
+    every callable runs warm-up calls then enough timed calls to last ``round_s``; the figure is the minimum of
+    its round medians (a burst of load only adds time), with the spread of the round medians beside it."""
+    per_call = {}
+    for name, call in runs.items():
+        for _ in range(3):
+            call()
+        t = time.perf_counter()
+        call()
+        per_call[name] = max(time.perf_counter() - t, 1e-5)
+    medians = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, call in runs.items():
+            call()
+            n = max(5, min(200, int(round_s / per_call[name])))
+            times = []
+            for _ in range(n):
+                t = time.perf_counter_ns()
+                call()
+                times.append((time.perf_counter_ns() - t) / 1e6)
+            medians[name].append(statistics.median(times))
+    return {name: {"ms": round(min(m), 4), "spread": round(max(m) / min(m), 3)} for name, m in medians.items()}
+
+
+def side_by_side(args) -> dict:
+    """Every artifact of ``args`` loaded on its runtime in this process, timed by :func:`time_side_by_side`."""
+    runs, version = {}, None
+    for path in args.artifacts:
+        if not os.path.exists(path):
+            raise ProbeError("input", "artifact %r does not exist" % path)
+        rt = RUNTIMES[args.runtime]()
+        rt.load(path, args.threads)
+        rt.prepare(seeded_feeds(rt.inputs))
+        try:
+            rt.run()
+        except Exception as exc:  # noqa: BLE001 - the runtime cannot execute this artifact
+            raise ProbeError("input", "%s failed running %s: %s" % (args.runtime, os.path.basename(path), _short(exc)))
+        runs[os.path.basename(os.path.normpath(path))] = rt.run
+        version = rt.version
+    return {"schema": SCHEMA, "side_by_side": time_side_by_side(runs), "rounds": ROUNDS, "round_s": ROUND_S,
+            "statistic": "minimum of round medians", "runtime": args.runtime, "runtime_version": version,
+            "threads": args.threads, "machine": machine_info(), "device": args.device}
+
+
 def measure(args) -> dict:
     path = args.artifact
     if not os.path.exists(path):
@@ -767,11 +823,13 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv):
     p = _Parser(prog="probe.py", description="Profile one artifact on its runtime; prints one JSON document.")
-    p.add_argument("artifact")
+    p.add_argument("artifacts", nargs="+", metavar="artifact")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="time several artifacts in alternating rounds in this process")
     p.add_argument("--runtime", required=True, choices=sorted(RUNTIMES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=10)
-    how = p.add_mutually_exclusive_group(required=True)
+    how = p.add_mutually_exclusive_group(required=False)
     how.add_argument("--runs", type=int)
     how.add_argument("--min-time", type=float, help="seconds of timed runs (at least one run)")
     p.add_argument("--per-op", action="store_true")
@@ -780,6 +838,18 @@ def parse_args(argv):
     p.add_argument("--requires", action="append", default=[], metavar="RUNTIME>=VERSION",
                    help="the artifact's minimum runtime (from its manifest), checked before loading; repeatable")
     args = p.parse_args(argv)
+    if args.threads < 1 or args.warmup < 0:
+        raise ProbeError("usage", "--threads must be at least 1 and --warmup at least 0")
+    if args.side_by_side:
+        if len(args.artifacts) < 2 or args.runs is not None or args.min_time is not None or args.per_op:
+            raise ProbeError("usage", "--side-by-side times two or more artifacts by its own rounds: no --runs, "
+                                      "--min-time or --per-op")
+        return args
+    if len(args.artifacts) != 1:
+        raise ProbeError("usage", "one artifact at a time (--side-by-side compares several)")
+    if args.runs is None and args.min_time is None:
+        raise ProbeError("usage", "one of the arguments --runs --min-time is required")
+    args.artifact = args.artifacts[0]
     requires = {}
     for item in args.requires:
         key, sep, minimum = item.partition(">=")
@@ -791,8 +861,6 @@ def parse_args(argv):
         raise ProbeError("usage", "--runs must be at least 1, got %d" % args.runs)
     if args.min_time is not None and not args.min_time > 0:
         raise ProbeError("usage", "--min-time must be a positive number of seconds, got %s" % args.min_time)
-    if args.threads < 1 or args.warmup < 0:
-        raise ProbeError("usage", "--threads must be at least 1 and --warmup at least 0")
     return args
 
 
@@ -801,7 +869,8 @@ def main(argv=None) -> int:
     os.dup2(2, 1)  # a runtime's own chatter on fd 1 goes to stderr: stdout carries the JSON alone
     code, doc = 0, None
     try:
-        doc = measure(parse_args(sys.argv[1:] if argv is None else argv))
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        doc = side_by_side(args) if args.side_by_side else measure(args)
     except ProbeError as exc:
         print("probe error (%s): %s" % (exc.kind, exc), file=sys.stderr)
         code = 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -281,3 +282,48 @@ def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, w
     doc["device"] = device.url
     doc["artifact"] = str(artifact)  # the path the user gave, not the temporary copy's
     return doc
+
+
+def time_side_by_side_remote(device: Device, artifacts: dict[str, Path], runtime: str, threads: int,
+                             python: str = "python3", identity: Path | None = None,
+                             ssh_options: list[str] | None = None, timeout: float = 900) -> dict[str, dict]:
+    """``--optimize latency`` on a device: copy every artifact there in one folder, load them all in one probe
+    process and time them in alternating rounds (``probe.py --side-by-side``); returns ``{name: {"ms",
+    "spread"}}`` keyed like ``artifacts``. The folder is removed whatever happens."""
+    if identity is not None and not Path(identity).is_file():
+        raise InputError(f"identity file {str(identity)!r} does not exist")
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory(prefix="edgehybrid-trials-") as tmp:
+        folder = Path(tmp) / "trials"
+        folder.mkdir()
+        names = {}
+        for i, (name, path) in enumerate(artifacts.items()):
+            copy = folder / f"{i}{Path(path).suffix}"  # the artifacts share a file name; the probe keys by name
+            if Path(path).is_dir():
+                shutil.copytree(path, copy)
+            else:
+                shutil.copyfile(path, copy)
+            names[copy.name] = name
+        remote_dir = _copy(device, folder, deadline, timeout, identity, ssh_options)
+    q_dir = shlex.quote(remote_dir)
+    argv = [python, "-", *(f"{remote_dir}/trials/{n}" for n in names), "--side-by-side", "--runtime", runtime,
+            "--threads", str(int(threads)), "--device", device.url]
+    script = (f"cd {q_dir} || exit 1; {' '.join(shlex.quote(a) for a in argv)}; rc=$?; cd /; "
+              f"rm -rf -- {q_dir}; exit $rc")
+    try:
+        with PROBE.open("rb") as probe:
+            res = _run(_ssh_argv(device, script, identity, ssh_options), probe, deadline, timeout, device,
+                       "timing the candidate plans")
+    except RemoteError:
+        _cleanup(device, remote_dir, identity, ssh_options)
+        raise
+    if res.returncode == 255:
+        _cleanup(device, remote_dir, identity, ssh_options)
+        raise ssh_failure(device, res.stderr, identity)
+    if res.returncode != 0:
+        raise probe_failure(device, python, runtime, res.returncode, res.stderr)
+    try:
+        timed = parse_document(res.stdout, f"{device.url}: the probe")["side_by_side"]
+        return {names[n]: timed[n] for n in names}
+    except (EdgeHybridError, KeyError, TypeError) as exc:
+        raise ProbeFailed(f"{device.url}: the probe's side-by-side timing is incomplete ({exc})") from None
