@@ -236,6 +236,30 @@ def _cleanup(device: Device, remote_dir: str, identity, ssh_options) -> None:
         pass
 
 
+def _run_probe(device: Device, remote_dir: str, argv: list[str], runtime: str, deadline: float, timeout: float,
+               identity, ssh_options, what: str) -> dict:
+    """Run ``argv`` (``python - ARGS``, fed probe.py) inside ``remote_dir`` on the device, so anything the runtime
+    writes (profiler traces) goes with it, and remove the folder whatever happens; returns the probe's document."""
+    q_dir = shlex.quote(remote_dir)
+    script = (f"cd {q_dir} || exit 1; {' '.join(shlex.quote(a) for a in argv)}; rc=$?; cd /; "
+              f"rm -rf -- {q_dir}; exit $rc")
+    try:
+        with PROBE.open("rb") as probe:
+            res = _run(_ssh_argv(device, script, identity, ssh_options), probe, deadline, timeout, device, what)
+    except RemoteError:
+        _cleanup(device, remote_dir, identity, ssh_options)
+        raise
+    if res.returncode == 255:
+        _cleanup(device, remote_dir, identity, ssh_options)  # the connection dropped: the folder may remain
+        raise ssh_failure(device, res.stderr, identity)
+    if res.returncode != 0:
+        raise probe_failure(device, argv[0], runtime, res.returncode, res.stderr)
+    try:
+        return parse_document(res.stdout, f"{device.url}: the probe")
+    except EdgeHybridError as exc:
+        raise ProbeFailed(str(exc)) from None
+
+
 def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, warmup: int, runs: int | None,
                    min_time: float | None, per_op: bool, python: str = "python3", identity: Path | None = None,
                    ssh_options: list[str] | None = None, timeout: float = 600) -> dict:
@@ -259,26 +283,7 @@ def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, w
     remote_dir = _copy(device, artifact, deadline, timeout, identity, ssh_options)
     args = [python, "-"] + probe_args(f"{remote_dir}/{artifact.name}", runtime, threads, warmup, runs, min_time,
                                       per_op, requires)
-    q_dir = shlex.quote(remote_dir)
-    # inside the folder, so anything the runtime writes (profiler traces) goes with it; removed whatever happens
-    script = (f"cd {q_dir} || exit 1; {' '.join(shlex.quote(a) for a in args)}; rc=$?; cd /; "
-              f"rm -rf -- {q_dir}; exit $rc")
-    try:
-        with PROBE.open("rb") as probe:
-            res = _run(_ssh_argv(device, script, identity, ssh_options), probe, deadline, timeout, device,
-                       "profiling")
-    except RemoteError:
-        _cleanup(device, remote_dir, identity, ssh_options)
-        raise
-    if res.returncode == 255:
-        _cleanup(device, remote_dir, identity, ssh_options)  # the connection dropped: the folder may remain
-        raise ssh_failure(device, res.stderr, identity)
-    if res.returncode != 0:
-        raise probe_failure(device, python, runtime, res.returncode, res.stderr)
-    try:
-        doc = parse_document(res.stdout, f"{device.url}: the probe")
-    except EdgeHybridError as exc:
-        raise ProbeFailed(str(exc)) from None
+    doc = _run_probe(device, remote_dir, args, runtime, deadline, timeout, identity, ssh_options, "profiling")
     doc["device"] = device.url
     doc["artifact"] = str(artifact)  # the path the user gave, not the temporary copy's
     return doc
@@ -305,25 +310,11 @@ def time_side_by_side_remote(device: Device, artifacts: dict[str, Path], runtime
                 shutil.copyfile(path, copy)
             names[copy.name] = name
         remote_dir = _copy(device, folder, deadline, timeout, identity, ssh_options)
-    q_dir = shlex.quote(remote_dir)
     argv = [python, "-", *(f"{remote_dir}/trials/{n}" for n in names), "--side-by-side", "--runtime", runtime,
             "--threads", str(int(threads)), "--device", device.url]
-    script = (f"cd {q_dir} || exit 1; {' '.join(shlex.quote(a) for a in argv)}; rc=$?; cd /; "
-              f"rm -rf -- {q_dir}; exit $rc")
+    doc = _run_probe(device, remote_dir, argv, runtime, deadline, timeout, identity, ssh_options,
+                     "timing the candidate plans")
     try:
-        with PROBE.open("rb") as probe:
-            res = _run(_ssh_argv(device, script, identity, ssh_options), probe, deadline, timeout, device,
-                       "timing the candidate plans")
-    except RemoteError:
-        _cleanup(device, remote_dir, identity, ssh_options)
-        raise
-    if res.returncode == 255:
-        _cleanup(device, remote_dir, identity, ssh_options)
-        raise ssh_failure(device, res.stderr, identity)
-    if res.returncode != 0:
-        raise probe_failure(device, python, runtime, res.returncode, res.stderr)
-    try:
-        timed = parse_document(res.stdout, f"{device.url}: the probe")["side_by_side"]
-        return {names[n]: timed[n] for n in names}
-    except (EdgeHybridError, KeyError, TypeError) as exc:
+        return {names[n]: doc["side_by_side"][n] for n in names}
+    except (KeyError, TypeError) as exc:
         raise ProbeFailed(f"{device.url}: the probe's side-by-side timing is incomplete ({exc})") from None
