@@ -146,6 +146,11 @@ class Layer:
                 "reason": self.reason, "macs": self.macs, "sensitivity_sqnr_db": self.sensitivity_sqnr_db}
 
 
+def op_name(op: torch._ops.OpOverload) -> str:
+    """An aten overload as people name it: ``hardswish`` for ``aten::hardswish``."""
+    return str(op.name()).replace("aten::", "")
+
+
 def kind_of(node: torch.fx.Node) -> OpKind | None:
     return KIND_OF.get(node.target) if node.op == "call_function" else None
 

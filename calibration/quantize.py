@@ -23,7 +23,7 @@ from torch import nn
 
 from calibration.annotate import CALIB_METHODS, DEFAULT_METHOD, CalibrationMethod, check_method, make_quantizer, torchao
 from calibration.fold import fold_channel_scales, split_silu
-from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, passes
+from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, op_name, passes
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 
 __all__ = ["CALIB_METHODS", "CalibrationMethod", "Calibrated", "QuantizedGraph", "apply_float_layers", "calibrate",
@@ -161,11 +161,10 @@ def isolate_unaccelerated(cal: Calibrated, policy: QuantPolicy, target: str) -> 
             continue
         sides = [sorted({layer_of_node[n] for n in side}) for side in (before, after)]
         cheaper = min(sides, key=lambda names: sum(cal.layers[n].macs for n in names))
-        op = str(node.target.name()).replace("aten::", "")
         for layer in (cal.layers[n] for n in cheaper):
             layer.precision = "float"
-            layer.reason = (f"kept in float on {target} beside {op} ({layer_of(node)}), the cheaper side: "
-                            f"{why_of[node.target]}")
+            layer.reason = (f"kept in float on {target} beside {op_name(node.target)} ({layer_of(node)}), "
+                            f"the cheaper side: {why_of[node.target]}")
             marked.append(layer.name)
     return marked
 

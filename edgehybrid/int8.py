@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from calibration.annotate import DEFAULT_METHOD, CalibrationMethod
-from calibration.ops import unplanned_ops
+from calibration.ops import op_name, unplanned_ops
 from calibration.quantize import apply_float_layers, calibrate, capture, finalize, isolate_unaccelerated
 from calibration.sensitivity import (
     Simulator,
@@ -27,7 +27,7 @@ from calibration.sensitivity import (
 )
 from calibration.sources import check_size, open_source
 from edgehybrid.errors import InputError
-from edgehybrid.latency_plan import Optimize, candidates, search
+from edgehybrid.latency_plan import HERE, Optimize, candidates, search
 from models_zoo.registry import ModelSpec
 
 @dataclass(frozen=True)
@@ -81,14 +81,20 @@ class Int8Request:
         if self.holdout < 0:
             raise InputError(f"the held-out sample count cannot be negative, got {self.holdout}")
         if self.device is not None:
-            from edgehybrid.profiling.remote import parse_device
+            from edgehybrid.profiling.remote import check_identity
 
             if self.optimize_for is not Optimize.LATENCY:
                 raise InputError("--device times --optimize latency's candidate plans on a device (the export "
                                  "itself runs here); add --optimize latency, or drop --device")
-            parse_device(self.device)  # a malformed URL: one line, before any work
-            if self.identity is not None and not Path(self.identity).is_file():
-                raise InputError(f"identity file {str(self.identity)!r} does not exist")
+            self.ssh_device  # noqa: B018  a malformed URL: one line, before any work
+            check_identity(self.identity)
+
+    @property
+    def ssh_device(self):
+        """``--device`` parsed (:class:`edgehybrid.profiling.remote.Device`), or None for this machine."""
+        from edgehybrid.profiling.remote import parse_device
+
+        return None if self.device is None else parse_device(self.device)
 
 
 @dataclass
@@ -103,7 +109,7 @@ class Trials:
     fp32_graph: nn.Module
     runtime: str
     threads: int
-    where: str = "this machine"
+    where: str = HERE
 
 
 @dataclass
@@ -149,7 +155,7 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     isolated = isolate_unaccelerated(cal, policy, exporter.name)
     if isolated:
         log(f"{len(isolated)} layer(s) kept in float on {exporter.name} beside ops its runtime does not accelerate "
-            f"in int8 ({', '.join(sorted({str(op.name()).replace('aten::', '') for op, _ in policy.unaccelerated_int8}))}"
+            f"in int8 ({', '.join(sorted({op_name(op) for op, _ in policy.unaccelerated_int8}))}"
             f"; reasons in the manifest): " + ", ".join(isolated[:3]) + (" ..." if len(isolated) > 3 else ""))
 
     ranking: list[tuple[str, float]] = []

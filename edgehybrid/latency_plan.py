@@ -42,6 +42,8 @@ from edgehybrid.profiling.probe import ROUND_S, ROUNDS, time_side_by_side  # noq
 LIGHT_SHARE = 0.02
 #: without --max-drift, a candidate may drift this much more than the target's own plan (simulator noise)
 NOISE = 1.10
+#: where the candidates are timed when no --device is given
+HERE = "this machine"
 
 
 class Optimize(str, enum.Enum):
@@ -114,7 +116,7 @@ class Choice:
 def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: Callable[[Candidate], object],
            export: Callable[[object, Path], object], fp32_graph,
            time_all: Callable[[dict[str, object]], dict[str, dict]], budget: float | None, runtime: str,
-           threads: int, log: Callable[[str], None], where: str = "this machine") -> Choice:
+           threads: int, log: Callable[[str], None], where: str = HERE) -> Choice:
     """Measure every candidate and choose. ``drift(c)``: its drift on held-out samples; ``build(c)``: its
     quantized graph; ``export(graph, folder, int8)``: an artifact on the target; ``time_all({name: artifact})``:
     every artifact's ``{"ms", "spread"}`` timed side by side (here, or on a device: ``where``). ``budget`` None:
@@ -166,8 +168,8 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
 def verdict(report: dict) -> str:
     """The search's result in one plain sentence: what was chosen and whether INT8 is faster here at all."""
     best = next(r for r in report["candidates"] if r["plan"] == report["chosen"])
-    device = report.get("device", "this machine")
-    where = (f"on {report['runtime']}{'' if device == 'this machine' else ' on ' + device} with "
+    device = report.get("device", HERE)
+    where = (f"on {report['runtime']}{'' if device == HERE else ' on ' + device} with "
              f"{report['threads']} thread{'s' if report['threads'] != 1 else ''}")
     if report["int8_faster_than_fp32"]:
         return (f"chose '{best['plan']}': {best['vs_fp32']:.2f}x FP32's speed {where} ({best['p50_ms']:.3f} vs "

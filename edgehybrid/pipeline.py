@@ -223,9 +223,9 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
     check_replaceable(Path(req.out_dir) / f"{stem}{target.suffix}", target.artifact_is_folder)
     if req.int8 is not None and req.int8.device is not None and req.precision.calibrated:
         # an unreachable device or a refused key: one line now, not after calibration and six exports
-        from edgehybrid.profiling.remote import check_reachable, parse_device
+        from edgehybrid.profiling.remote import check_reachable
 
-        check_reachable(parse_device(req.int8.device), req.int8.identity, list(req.int8.ssh_options))
+        check_reachable(req.int8.ssh_device, req.int8.identity, list(req.int8.ssh_options))
     with output_dir(req.out_dir) as out_dir:  # a failed export leaves no new empty folder
         return _export_into(req, exporter, req.int8 or Int8Request(), images, out_dir, stem, log, t_start)
 
@@ -320,7 +320,7 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
     """How ``--optimize latency`` exports a candidate plan (with the request's options) and runs it on the
     target's runtime, fed the export's own example in the artifact's layout."""
     from edgehybrid.latency_plan import time_side_by_side
-    from edgehybrid.profiling.remote import parse_device, time_side_by_side_remote
+    from edgehybrid.profiling.remote import time_side_by_side_remote
     from edgehybrid.runtimes import open_session
 
     options = req.options
@@ -342,9 +342,9 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
         return time_side_by_side(runs)
 
     int8 = req.int8 or Int8Request()
-    if int8.device is None:
+    device = int8.ssh_device
+    if device is None:
         return Trials(export, time_here, fp32_graph, exporter.target.runtime, req.threads)
-    device = parse_device(int8.device)
 
     def time_there(artifacts: dict) -> dict:
         paths = {name: artifact.path for name, artifact in artifacts.items()}

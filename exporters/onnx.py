@@ -168,9 +168,10 @@ class OnnxExporter(Exporter):
 
 
 def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, no_simplify: str = "",
-                  pinned: bool = False):
-    """Simplify (unless ``no_simplify`` gives the reason not to), declare the lowest opset (unless ``pinned``)
-    and IR version that hold it, check and save as one self-contained file; returns the final ModelProto."""
+                  pinned: bool = False, reorder_gelu: bool = True):
+    """Simplify (unless ``no_simplify`` gives the reason not to), reorder GELU for ONNX Runtime's fusion (unless
+    the caller rewrote it already), declare the lowest opset (unless ``pinned``) and IR version that hold it,
+    check and save as one self-contained file; returns the final ModelProto."""
     details["nodes_before_simplify"] = len(mp.graph.node)
     if no_simplify:
         simplified, simplifier, reason = mp, "none", no_simplify
@@ -186,7 +187,7 @@ def _write_single(onnx, mp, out: Path, what: str, details: dict, timings: dict, 
     details["simplifier"] = simplifier
     if reason:
         details["simplifier_reason"] = reason
-    if "gelu_for_onnxruntime" not in details:  # an INT8 graph has had its own rewrite
+    if reorder_gelu:
         details["gelu_for_onnxruntime"] = {"reordered": onnx_rewrites.gelu_for_ort(simplified, fused=False)}
     onnx_versions.stamp_lowest(simplified, keep_opset=pinned)
     t = time.perf_counter()
@@ -207,7 +208,8 @@ def _write_int8(onnx, mp, out: Path, what: str, details: dict, timings: dict, pi
     details["gelu_for_onnxruntime"] = {"com.microsoft.Gelu": onnx_rewrites.gelu_for_ort(mp, fused=True)}
     timings["int8_rewrites"] = time.perf_counter() - t
     mp = _write_single(onnx, mp, out, what, details, timings,
-                       no_simplify="int8: a simplifier would fold int8 weights back to float", pinned=pinned)
+                       no_simplify="int8: a simplifier would fold int8 weights back to float", pinned=pinned,
+                       reorder_gelu=False)
     t = time.perf_counter()
     details["onnxruntime_optimized_ops"] = onnx_rewrites.ort_optimized_ops(out)
     timings["inspect"] = time.perf_counter() - t

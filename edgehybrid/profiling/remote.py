@@ -15,6 +15,7 @@ Every failure becomes one line: unreachable host, refused key, missing Python, t
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -176,12 +177,17 @@ def _run(argv: list[str], stdin, deadline: float, limit: float, device: Device, 
         raise RemoteError(f"{what} on {device.url} did not finish within {limit:g} s") from None
 
 
+def check_identity(identity: Path | None) -> None:
+    """An SSH key that is not there is the user's typo: one line before any connection."""
+    if identity is not None and not Path(identity).is_file():
+        raise InputError(f"identity file {str(identity)!r} does not exist")
+
+
 def check_reachable(device: Device, identity: Path | None = None, ssh_options: list[str] | None = None,
                     timeout: float = 30) -> None:
     """Connect once and run nothing (``true``): an unreachable device or a refused key is a one-line
     :class:`RemoteError` before minutes of work that would end on it."""
-    if identity is not None and not Path(identity).is_file():
-        raise InputError(f"identity file {str(identity)!r} does not exist")
+    check_identity(identity)
     res = _run(_ssh_argv(device, "true", identity, ssh_options), subprocess.DEVNULL, time.monotonic() + timeout,
                timeout, device, "connecting")
     if res.returncode != 0:
@@ -271,8 +277,7 @@ def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, w
     artifact = Path(artifact)
     if not artifact.exists():
         raise InputError(f"artifact {str(artifact)!r} does not exist")
-    if identity is not None and not Path(identity).is_file():
-        raise InputError(f"identity file {str(identity)!r} does not exist")
+    check_identity(identity)
     if not PROBE.is_file():
         raise EdgeHybridError(f"the profiling probe {str(PROBE)!r} is missing from this installation")
     if runtime == "auto":  # the probe takes a runtime name: settle it here, from the artifact's suffix
@@ -295,8 +300,7 @@ def time_side_by_side_remote(device: Device, artifacts: dict[str, Path], runtime
     """``--optimize latency`` on a device: copy every artifact there in one folder, load them all in one probe
     process and time them in alternating rounds (``probe.py --side-by-side``); returns ``{name: {"ms",
     "spread"}}`` keyed like ``artifacts``. The folder is removed whatever happens."""
-    if identity is not None and not Path(identity).is_file():
-        raise InputError(f"identity file {str(identity)!r} does not exist")
+    check_identity(identity)
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="edgehybrid-trials-") as tmp:
         folder = Path(tmp) / "trials"
@@ -305,9 +309,9 @@ def time_side_by_side_remote(device: Device, artifacts: dict[str, Path], runtime
         for i, (name, path) in enumerate(artifacts.items()):
             copy = folder / f"{i}{Path(path).suffix}"  # the artifacts share a file name; the probe keys by name
             if Path(path).is_dir():
-                shutil.copytree(path, copy)
+                shutil.copytree(path, copy, copy_function=_link_or_copy)
             else:
-                shutil.copyfile(path, copy)
+                _link_or_copy(path, copy)
             names[copy.name] = name
         remote_dir = _copy(device, folder, deadline, timeout, identity, ssh_options)
     argv = [python, "-", *(f"{remote_dir}/trials/{n}" for n in names), "--side-by-side", "--runtime", runtime,
@@ -318,3 +322,12 @@ def time_side_by_side_remote(device: Device, artifacts: dict[str, Path], runtime
         return {names[n]: doc["side_by_side"][n] for n in names}
     except (KeyError, TypeError) as exc:
         raise ProbeFailed(f"{device.url}: the probe's side-by-side timing is incomplete ({exc})") from None
+
+
+def _link_or_copy(src, dst) -> None:
+    """A hard link where the file system allows one (the staging folder only renames files for the tar), else a
+    copy: candidate artifacts can be hundreds of MB each."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
