@@ -178,6 +178,8 @@ OPTIONS = {
     "device-without-optimize": ["-t", "onnx", "--int8", "--device", "ssh://pi@board"],
     "device-not-ssh-export": ["-t", "onnx", "--int8", "--optimize", "latency", "--device", "pi@board"],
     "device-without-int8": ["-t", "onnx", "--device", "ssh://pi@board"],
+    "device-identity-missing": ["-t", "onnx", "--int8", "--optimize", "latency", "--device", "ssh://pi@board",
+                                "--identity", "/nonexistent/key"],
 }
 if sys.platform != "darwin":  # Core ML executes on macOS only: a latency search cannot time it elsewhere
     OPTIONS["optimize-latency-off-its-platform"] = ["-t", "coreml", "--int8", "--optimize", "latency"]
