@@ -25,7 +25,7 @@ class ModelConfig:
     max_images: int | None = None  # evaluate on N images, evenly spread over the sorted files (every class)
     calib: str | None = None  # INT8 calibration data (default: the checkpoint's bundled images)
     calib_size: int | None = None
-    calib_method: str | None = None  # default minmax
+    calib_method: str | None = None  # default histogram
     max_top1_drop: float | None = 1.0
     min_agreement: float | None = 95.0
     min_cosine: float | None = 0.98

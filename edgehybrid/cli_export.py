@@ -69,7 +69,7 @@ def export_cmd(
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibrate on a reproducible sample of N."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration sample [default: 0]."),
     calib_method: Optional[str] = typer.Option(
-        None, "--calib-method", help="Activation ranges: minmax, percentile or histogram [default: minmax]."
+        None, "--calib-method", help="Activation ranges: histogram, minmax or percentile [default: histogram]."
     ),
     sensitivity: bool = typer.Option(
         False, "--sensitivity", help="Measure each layer's INT8 sensitivity; print and save the ranked table."

@@ -38,7 +38,7 @@ class Int8Request:
     calib: str | None = None  # folder, .npy/.npz, "synthetic", or None for the checkpoint's bundled photos
     calib_size: int | None = None
     seed: int | None = None  # default 0
-    method: CalibrationMethod | str | None = None  # default minmax (calibration.annotate.DEFAULT_METHOD)
+    method: CalibrationMethod | str | None = None  # default histogram (calibration.annotate.DEFAULT_METHOD)
     sensitivity: bool = False
     max_drift: float | None = None
     float_layers: tuple[str, ...] = ()

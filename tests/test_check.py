@@ -63,7 +63,9 @@ def test_good_int8_artifact_passes_with_junit_markdown_and_json(cli, int8_artifa
     assert doc["passed"] and doc["data"] == {"path": str(EVAL), "labelled": True, "images": 500, "kind": "image",
                                          "noun": "images", "classes": 10}
     assert m["reference_top1_pct"] >= 75.0  # a trained model on its own validation images
-    assert abs(m["top1_drop_pts"]) <= 1.0 and m["top1_agreement_pct"] >= 95.0 and m["cosine"] >= 0.98
+    # the project's bar: at most half a point lost. A gain is rounding luck on 500 images (histogram ranges read
+    # +1.4 to +1.6 points here), not fidelity: agreement with FP32 and the cosine bound how far INT8 wanders
+    assert m["top1_drop_pts"] <= 0.5 and m["top1_agreement_pct"] >= 95.0 and m["cosine"] >= 0.98
     assert {c["class"] for c in doc["per_class"]} == {d.name for d in EVAL.iterdir()}
     assert [c["name"] for c in doc["checks"]] == ["max-top1-drop", "min-agreement", "min-cosine"]
     assert doc["runtime"]["executed"] and doc["runtime"]["method"] == "onnxruntime runtime"
