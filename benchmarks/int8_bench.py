@@ -8,13 +8,14 @@ ExecuTorch's documented recipe (``XNNPACKQuantizer``, default symmetric per-chan
 images) on the ExecuTorch runtime with XNNPACK. Latency is the median over several
 alternating rounds (each round: every artifact, warm-up then timed runs), because ONNX Runtime's latency
 on small VMs settles per process into one of two levels. Drift: each INT8 artifact against FP32 on held-out
-real photos (the bundled validation samples; calibration uses the separate bundled calibration photos).
-A zoo name runs at its own full size with seeded random weights; a trained fixture (``mobilevit_xxs.cifar10``)
-runs at its own input size with its weights, calibrated on its own bundled calibration images.
+real inputs. A zoo name runs at its own full size with seeded random weights, calibrated on the bundled
+calibration photos, drift on the separate bundled sample photos; a trained fixture (``mobilevit_xxs.cifar10``)
+runs at its own input size with its weights, calibrated on its own bundled calibration images, drift on
+``--held-out`` of its own validation images (evenly over the classes).
 
     python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1 mobilevit_xxs.cifar10
                                      efficientformerv2_s0.cifar10] [--targets onnx tflite executorch]
-                                    [--threads 2] [--runs 30]
+                                    [--threads 2] [--runs 30] [--held-out 100]
 """
 
 from __future__ import annotations
@@ -139,6 +140,16 @@ RECIPES = {"onnx": ("naive", naive_ort), "tflite": ("litert-default", litert_def
            "executorch": ("xnnpack-default", executorch_default)}
 
 
+def _held_out(name: str, trained: bool, count: int) -> list[Path]:
+    """The inputs drift is measured on: for a trained fixture, its own validation images (beside its bundled
+    calibration folder: photos of another domain say little about a CIFAR-10 model); for a zoo name, the bundled
+    photos."""
+    if not trained:
+        return sample_images()
+    paths = find_images(data_path(BUNDLED + parse_ref(name)[1].calibration).parent / "eval")
+    return paths[:: max(1, len(paths) // count)][:count]  # evenly over the (class-sorted) folder
+
+
 def latency(sessions: dict, feeds: dict, runs: int, rounds: int) -> dict[str, float]:
     medians = {k: [] for k in sessions}
     for _ in range(rounds):
@@ -162,6 +173,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calib-size", type=int, default=32)
+    p.add_argument("--held-out", type=int, default=100, help="a trained fixture's validation images for drift")
     args = p.parse_args()
     rows, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +207,7 @@ def main() -> None:
             spec = loaded.spec
             calib_dir = data_path(BUNDLED + parse_ref(name)[1].calibration) if trained else CALIB_DIR
             calib = load_batch(find_images(calib_dir)[: args.calib_size], spec.preprocessing)
-            held_out = load_batch(sample_images(), spec.preprocessing)
+            held_out = load_batch(_held_out(name, trained, args.held_out), spec.preprocessing)
             for target in args.targets:
                 if (target, "fp32") not in arts:
                     continue
@@ -225,9 +237,9 @@ def main() -> None:
                 c = compare(outputs[(target, "fp32")], outputs[(target, kind)])
                 rows.append((name, target, kind, ms, base / ms, c.top1_agreement, c.cosine))
     print(f"# INT8 benchmark: {args.threads} threads, median of {args.rounds} alternating rounds x {args.runs} runs; "
-          "drift vs the same runtime's FP32 on 8 held-out photos (seeded random weights,\n"
-          "# the same for every artifact: near-flat logits, so top-1 agreement is a weak signal; see "
-          "fixture_accuracy_bench.py for trained-model accuracy)")
+          "drift vs the same runtime's FP32: a zoo name on the 8 bundled photos (seeded random\n"
+          "# weights, the same for every artifact: near-flat logits, so top-1 agreement is a weak signal), a trained "
+          f"fixture on {args.held_out} of its own validation images")
     print(f"{'model':20s} {'runtime':12s} {'artifact':16s} {'p50 ms':>8s} {'vs fp32':>8s} {'top-1 agr':>10s} {'cosine':>9s}")
     for name, target, kind, ms, speed, agree, cos in rows:
         rt = RUNTIME[target]
