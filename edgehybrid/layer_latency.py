@@ -24,6 +24,10 @@ from edgehybrid.targets import Target
 
 __all__ = ["LayerTimes", "layer_times", "measure", "unavailable_reason"]
 
+#: where the layers are timed: the per-op profiler runs in this process, even when ``--optimize latency`` times
+#: whole candidate plans on a ``--device``
+HERE = "this machine"
+
 #: profiled runs per artifact: enough for a stable per-layer sum on models this size, a few seconds in all
 RUNS = 20
 WARMUP = 5
@@ -45,7 +49,7 @@ class LayerTimes:
         return {"fp32_ms": None if a is None else round(a, 4), "int8_ms": None if b is None else round(b, 4)}
 
     def to_dict(self) -> dict:
-        return {"runtime": self.runtime, "threads": self.threads, "runs": RUNS,
+        return {"runtime": self.runtime, "threads": self.threads, "runs": RUNS, "measured_on": HERE,
                 "source": "per-op profiler, kernel time joined to module paths",
                 "fp32_total_ms": round(self.fp32_total_ms, 4), "int8_total_ms": round(self.int8_total_ms, 4)}
 
@@ -89,10 +93,12 @@ def layer_times(target: Target, fp32_artifact: Path, int8_artifact: Path, layers
                       _by_layer(fp32.get("by_path") or {}, layers), _by_layer(int8.get("by_path") or {}, layers))
 
 
-def measure(target: Target, export_fp32, int8_artifact: Path, report: dict, threads: int, log) -> LayerTimes | None:
+def measure(target: Target, export_fp32, int8_artifact: Path, report: dict, threads: int, log,
+            device: str | None = None) -> LayerTimes | None:
     """``--sensitivity``'s latency: export FP32 with ``export_fp32(folder)`` (an artifact), profile it and
     ``int8_artifact`` per layer, and add each layer's ``fp32_ms`` / ``int8_ms`` to ``report["sensitivity"]``
-    and the run's figures to ``report["layer_latency"]``. Where this machine cannot, the report says why."""
+    and the run's figures to ``report["layer_latency"]``. Where this machine cannot, the report says why. With
+    ``device`` (``--device``, where the latency search timed whole plans) the log says these times are not it."""
     import shutil
     import tempfile
 
@@ -111,6 +117,7 @@ def measure(target: Target, export_fp32, int8_artifact: Path, report: dict, thre
     for r in rows:
         r.update(times.row(r["layer"]))
     report["layer_latency"] = times.to_dict()
-    log(f"timed each layer on {target.runtime} ({threads} threads, per-op profiler): kernel time "
-        f"{times.fp32_total_ms:.2f} ms FP32, {times.int8_total_ms:.2f} ms INT8")
+    log(f"timed each layer on {target.runtime} on {HERE} ({threads} threads, per-op profiler): kernel time "
+        f"{times.fp32_total_ms:.2f} ms FP32, {times.int8_total_ms:.2f} ms INT8"
+        + (f"; not on {device}: the per-op profiler runs here" if device else ""))
     return times

@@ -289,7 +289,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         if quant is not None and quant.sensitivity and validation["passed"]:  # each layer's time beside its error
             with req.stepping(f"timing each layer on {exporter.target.runtime}"):
                 layer_latency.measure(exporter.target, lambda folder: trials.export(fp32_graph, folder, False),
-                                      artifact.path, quant.report, req.threads, log)
+                                      artifact.path, quant.report, req.threads, log, device=int8.device)
 
         timings["total"] = time.perf_counter() - t_start
         manifest = manifest_mod.build(

@@ -379,14 +379,21 @@ def test_optimize_latency_times_the_candidate_plans_on_the_device(sshd, tmp_path
 
     tiny = f"{Path(__file__).parent / 'user_models' / 'tiny_hybrid.py'}:build"
     int8 = Int8Request(calib_size=32, optimize="latency", device=sshd.device.url, device_python=sys.executable,
-                       identity=sshd.key, ssh_options=tuple(NO_HOST_KEYS))
+                       identity=sshd.key, ssh_options=tuple(NO_HOST_KEYS), sensitivity=True)
+    lines: list[str] = []
     m = run_export(ExportRequest(model=tiny, target="onnx", out_dir=tmp_path / "out", int8=int8,
-                                 options=ExportOptions(precision=Precision.INT8)), log=lambda _line: None)
+                                 options=ExportOptions(precision=Precision.INT8)), log=lines.append)
     search = m["quantization"]["latency_search"]
     assert search["device"] == sshd.device.url and search["runtime"] == "onnxruntime"
     assert len(search["candidates"]) == 5 and all(r["p50_ms"] > 0 for r in search["candidates"])
     assert search["fp32_ms"] > 0 and m["validation"]["passed"]
     assert leftovers(sshd) == []
+    # --sensitivity's per-layer times come from the profiler here, and say so rather than pass for the device's
+    assert m["quantization"]["layer_latency"]["measured_on"] == "this machine"
+    timed = next(line for line in lines if line.startswith("timed each layer"))
+    assert "on this machine" in timed and f"not on {sshd.device.url}" in timed, timed
+    table = (tmp_path / "out" / (Path(m["artifact"]).name + ".sensitivity.md")).read_text()
+    assert "on onnxruntime on this machine" in table
 
 
 @pytest.mark.parametrize("args, words", [

@@ -55,7 +55,7 @@ def test_int8_plans_your_module_paths_and_names_the_ops_it_has_no_rule_for(cli, 
         for name in ("stem.0", "block.attn.qkv", "block.mlp.0", "head"):  # joined to both artifacts' kernels
             assert rows[name]["fp32_ms"] > 0 and rows[name]["int8_ms"] > 0, rows[name]
         assert sum(r["fp32_ms"] or 0 for r in rows.values()) <= timed["fp32_total_ms"] * 1.001
-        assert "| FP32 ms | INT8 ms |" in table
+        assert "| FP32 ms | INT8 ms |" in table and "on onnxruntime on this machine" in table
     else:  # said, not guessed
         assert "no per-op timing" in timed["unavailable"] and "FP32 ms" not in table
         assert "No per-layer time: litert exposes no per-op timing" in table
