@@ -140,13 +140,13 @@ RECIPES = {"onnx": ("naive", naive_ort), "tflite": ("litert-default", litert_def
            "executorch": ("xnnpack-default", executorch_default)}
 
 
-def _held_out(name: str, trained: bool, count: int) -> list[Path]:
+def _held_out(calib_dir: Path, trained: bool, count: int) -> list[Path]:
     """The inputs drift is measured on: for a trained fixture, its own validation images (beside its bundled
-    calibration folder: photos of another domain say little about a CIFAR-10 model); for a zoo name, the bundled
-    photos."""
+    calibration folder ``calib_dir``: photos of another domain say little about a CIFAR-10 model); for a zoo name,
+    the bundled photos."""
     if not trained:
         return sample_images()
-    paths = find_images(data_path(BUNDLED + parse_ref(name)[1].calibration).parent / "eval")
+    paths = find_images(calib_dir.parent / "eval")
     return paths[:: max(1, len(paths) // count)][:count]  # evenly over the (class-sorted) folder
 
 
@@ -207,7 +207,7 @@ def main() -> None:
             spec = loaded.spec
             calib_dir = data_path(BUNDLED + parse_ref(name)[1].calibration) if trained else CALIB_DIR
             calib = load_batch(find_images(calib_dir)[: args.calib_size], spec.preprocessing)
-            held_out = load_batch(_held_out(name, trained, args.held_out), spec.preprocessing)
+            held_out = load_batch(_held_out(Path(calib_dir), trained, args.held_out), spec.preprocessing)
             for target in args.targets:
                 if (target, "fp32") not in arts:
                     continue

@@ -283,7 +283,7 @@ def sensitivity_markdown(model: str, report: dict) -> str:
              "lowest first: the layers INT8 hurts most.", ""]
     if has_times:
         lines += [f"Time: the layer's kernels per inference on {timed['runtime']} on "
-                  f"{timed.get('measured_on', 'this machine')} ({timed['threads']} threads, "
+                  f"{timed['measured_on']} ({timed['threads']} threads, "
                   f"per-op profiler, {timed['runs']} runs) in the FP32 and the INT8 artifact; whole model "
                   f"{timed['fp32_total_ms']:.3f} ms FP32, {timed['int8_total_ms']:.3f} ms INT8. A sensitive layer "
                   "that saves little time in int8 is the one to keep in float; `-`: no kernel of its own there (the "

@@ -20,13 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgehybrid.latency_plan import HERE  # the per-op profiler runs here, even when the search ran on --device
 from edgehybrid.targets import Target
 
 __all__ = ["LayerTimes", "layer_times", "measure", "unavailable_reason"]
-
-#: where the layers are timed: the per-op profiler runs in this process, even when ``--optimize latency`` times
-#: whole candidate plans on a ``--device``
-HERE = "this machine"
 
 #: profiled runs per artifact: enough for a stable per-layer sum on models this size, a few seconds in all
 RUNS = 20
