@@ -122,7 +122,9 @@ class _Annotator:
             if node.op != "call_function":
                 continue
             kind = kind_of(node)
-            if kind is not None and layer_of(node) in self.int8_layers:
+            if constant_factor(node) is not None:
+                self._rescale(node, QuantizationAnnotation, SharedQuantizationSpec)
+            elif kind is not None and layer_of(node) in self.int8_layers:
                 inputs = tensor_inputs(node, kind)
                 if not inputs:
                     continue
@@ -148,16 +150,52 @@ class _Annotator:
         import operator
 
         src = node.args[0]
+        if node.target is operator.getitem:  # one tensor of a split: shares what was split (the split itself
+            src = src.args[0]  # returns a list, never annotated), so converters keep the split int8
         ann = src.meta.get("quantization_annotation") if isinstance(src, torch.fx.Node) else None
         if ann is None or ann.output_qspec is None:
             return
-        if node.target is operator.getitem:  # one tensor of a split: shares what was split
-            node.meta["quantization_annotation"] = annotation_cls(output_qspec=shared_cls(src.args[0]),
-                                                                  _annotated=True)
+        if node.target is operator.getitem:
+            node.meta["quantization_annotation"] = annotation_cls(output_qspec=shared_cls(src), _annotated=True)
             return
         shared = shared_cls(src) if is_float_tensor(src) else ann.output_qspec
         node.meta["quantization_annotation"] = annotation_cls(input_qspec_map={src: shared}, output_qspec=shared,
                                                               _annotated=True)
+
+
+    @staticmethod
+    def _rescale(node: torch.fx.Node, annotation_cls, shared_cls) -> None:
+        """``x * c`` with ``c`` a positive constant (attention's ``q * scale``) after an int8 ``x``: its output
+        takes ``x``'s zero point and ``c`` times its scale, so the int8 values are the same and the multiply
+        is dropped after conversion (:func:`calibration.quantize.drop_exact_rescales`), on every target."""
+        from torchao.quantization.pt2e.quantizer import DerivedQuantizationSpec
+
+        src, factor = node.args[0], constant_factor(node)
+        ann = src.meta.get("quantization_annotation")
+        if ann is None or ann.output_qspec is None:
+            return
+
+        def derive(observers, factor=factor):
+            scale, zero_point = observers[0].calculate_qparams()
+            return scale * factor, zero_point
+
+        shared = shared_cls(src)
+        output = DerivedQuantizationSpec(derived_from=[src], derive_qparams_fn=derive, dtype=torch.int8,
+                                         quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+        node.meta["quantization_annotation"] = annotation_cls(input_qspec_map={src: shared}, output_qspec=output,
+                                                              _annotated=True)
+
+
+def constant_factor(node: torch.fx.Node, tensor_checked: bool = True) -> float | None:
+    """``c`` when ``node`` is ``x * c`` with ``x`` a float tensor (unchecked with ``tensor_checked=False``,
+    for converted graphs whose new nodes carry no shapes) and ``c`` a positive Python number."""
+    if node.op != "call_function" or node.target is not torch.ops.aten.mul.Tensor or len(node.args) != 2:
+        return None
+    x, c = node.args
+    if not (isinstance(x, torch.fx.Node) and (is_float_tensor(x) or not tensor_checked)
+            and isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0):
+        return None
+    return float(c)
 
 
 def _shared_or(arg: torch.fx.Node, spec, shared_cls):

@@ -14,6 +14,7 @@ dropped, and ``convert_pt2e`` turns the rest into quantize/dequantize pairs that
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -130,6 +131,10 @@ def freeze_ranges(prepared: torch.fx.GraphModule) -> None:
             fixed.max_val.resize_(hi.shape).copy_(hi)
             frozen[id(module)] = fixed
         setattr(prepared, name, frozen[id(module)])
+    for module in prepared.children():  # derived ranges (a rescale's) read the frozen observers from now on
+        sources = getattr(module, "obs_or_fqs", None)
+        if isinstance(sources, list):
+            module.obs_or_fqs = [frozen.get(id(m), m) for m in sources]
 
 
 def apply_float_layers(layers: dict[str, Layer], names: Iterable[str], reason: str) -> None:
@@ -216,7 +221,39 @@ def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy(), float_layers:
     prepared.recompile()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return QuantizedGraph(convert_pt2e(prepared, fold_quantize=policy.fold_quantize))
+        converted = convert_pt2e(prepared, fold_quantize=policy.fold_quantize)
+    drop_exact_rescales(converted)
+    return QuantizedGraph(converted)
+
+
+def drop_exact_rescales(gm: torch.fx.GraphModule) -> int:
+    """Remove ``quantize(dequantize(q, s, z) * c, s * c, z)``: the int8 values are ``q`` itself, so its
+    consumers read ``q`` (their dequantize already carries ``s * c``). The annotator gives a multiply by a
+    positive constant that derived range (attention's ``q * scale``); without this, every target would run it
+    as a float multiply between a dequantize and a quantize. Returns how many were dropped."""
+    from calibration.annotate import constant_factor
+
+    q_ops = (torch.ops.quantized_decomposed.quantize_per_tensor.default,)
+    dq_ops = (torch.ops.quantized_decomposed.dequantize_per_tensor.default,)
+    dropped = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in q_ops:
+            continue
+        mul = node.args[0]
+        factor = constant_factor(mul, tensor_checked=False) if isinstance(mul, torch.fx.Node) else None
+        dq = mul.args[0] if factor is not None else None
+        if not (isinstance(dq, torch.fx.Node) and dq.op == "call_function" and dq.target in dq_ops):
+            continue
+        (scale, zero, lo, hi, dtype), (dq_scale, dq_zero, dq_lo, dq_hi, dq_dtype) = node.args[1:6], dq.args[1:6]
+        if (zero, lo, hi, dtype) != (dq_zero, dq_lo, dq_hi, dq_dtype) or not math.isclose(
+                scale, dq_scale * factor, rel_tol=1e-5):
+            continue
+        node.replace_all_uses_with(dq.args[0])
+        dropped += 1
+    if dropped:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return dropped
 
 
 class QuantizedGraph(nn.Module):

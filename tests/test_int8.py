@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.quantize import calibrate, capture, finalize
+from calibration.quantize import calibrate, capture, finalize, int8_nodes
 from torch import nn
 from calibration.sensitivity import (
     Simulator,
@@ -209,6 +209,46 @@ def test_a_concatenation_has_its_own_range_and_leaves_its_inputs_producers_their
     assert wide > 20 * narrow, (narrow, wide)
     assert float(narrow_in.args[1]) == narrow  # the narrow input arrives at its producer's own scale
     assert Simulator(cal, cal.held_out).plan_sqnr() > 30
+
+
+class _Tokens(nn.Module):
+    """Linear tokens into the zoo's attention (``qkv`` split into q, k, v; ``q * scale``)."""
+
+    def __init__(self):
+        super().__init__()
+        from models_zoo.layers import Attention
+
+        self.embed = nn.Linear(8, 16)
+        self.attn = Attention(16, num_heads=2)
+
+    def forward(self, x):
+        return self.attn(self.embed(x))
+
+
+def test_attention_keeps_its_split_and_query_scale_in_int8():
+    """q, k and v read the qkv output's int8 values at its own scale (so converters keep the split int8: ONNX
+    Runtime needs equal parameters), and ``q * scale`` leaves the graph: q's dequantize carries ``scale`` in
+    its step. Before, each cost a float split and multiply between a dequantize and quantizes on every target."""
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    batches = [torch.randn(4, 12, 8) for _ in range(3)]
+    cal = calibrate(capture(model, batches[0][:1]), batches, holdout=4)
+    graph = finalize(cal).quantized.graph
+    split = next(n for n in graph.nodes if n.target == torch.ops.aten.split.Tensor)
+    step = float(split.args[0].args[1])  # the dequantize the split reads
+    parts = [next(iter(g.users)) for g in split.users]  # each part's quantize
+    assert [float(q.args[1]) for q in parts] == [step] * 3
+    assert not any(n.target == torch.ops.aten.mul.Tensor for n in graph.nodes)
+    first = next(n for n in graph.nodes if n.target == torch.ops.aten.matmul.default)
+    q_step = float(first.args[0].args[1])
+    assert q_step == pytest.approx(step * model.attn.scale, rel=1e-5)
+    # the exported graph computes what the simulation of the plan measured
+    with torch.no_grad():
+        out = torch.cat([finalize(cal)(cal.held_out[i:i + 1]) for i in range(len(cal.held_out))])
+    sim = Simulator(cal, cal.held_out)
+    simulated = sim._run(int8_nodes(cal.layers), set())
+    assert torch.allclose(out, simulated, atol=1e-5)
+    assert sim.plan_sqnr() > 25
 
 
 def test_float_layers_leave_the_quantized_graph(calibrated):
