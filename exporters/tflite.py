@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from calibration.ops import UNWEIGHTED, QuantPolicy
+from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
 from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError, first_line
 from edgehybrid.requires import Requirement
 from exporters.base import (
@@ -71,21 +71,24 @@ class TFLiteExporter(Exporter):
     """PyTorch -> TFLite via litert-torch; validated on LiteRT's interpreter (``edgehybrid.runtimes.litert``)."""
 
     target: ClassVar[Target] = get_target("tflite")
-    #: LiteRT runs only the weighted ops (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) from the plan in int8;
-    #: every other kind stays float, fed by a DEQUANTIZE of the conv's int8 output. XNNPACK's int8 kernels for
-    #: the rest, and the QUANTIZE / DEQUANTIZE they add at each float boundary, measured slower than float
-    #: (2 threads, alternating runs, one process): efficientformer_l1 2.29x FP32 this way against 1.82x with
-    #: add / layer_norm / gelu / pooling in int8 and 2.00x for litert-torch's default recipe; mobilevit_s
-    #: 1.71x against 1.69x and 1.68x; with every kind in int8 mobilevit_s ran at 0.57x. The converter still
-    #: fuses a DEQUANTIZE -> op -> QUANTIZE sandwich into the op's int8 kernel where it has one (GELU, PAD).
-    #: Every int8 LiteRT kernel writes int8 (no float-output kinds); litert-torch lowers float weights +
-    #: quantize, not folded int8 weights.
+    #: LiteRT runs the weighted ops (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) from the plan in int8, and the
+    #: two halves of a split SiLU / GLU (LOGISTIC, MUL); every other kind stays float, fed by a DEQUANTIZE of an
+    #: int8 output. XNNPACK's int8 kernels for the rest, and the QUANTIZE / DEQUANTIZE they add at each float
+    #: boundary, measured slower than float (2 threads, alternating runs, one process): efficientformer_l1 2.29x
+    #: FP32 this way against 1.82x with add / layer_norm / gelu / pooling in int8 and 2.00x for litert-torch's
+    #: default recipe; with every kind in int8 mobilevit_s ran at 0.57x. The SiLU is the exception: in float it
+    #: is DEQUANTIZE -> LOGISTIC -> MUL -> QUANTIZE on every conv's output, in int8 two byte-wide kernels.
+    #: mobilevit_s: 15.1 ms against 25.8 ms with the SiLU in float and 26.3 ms for litert-torch's recipe
+    #: (FP32 34.4 ms; cosine to FP32 0.99943 against 0.99944); mobilevit_xxs.cifar10 at 64 px 1.39x FP32
+    #: against 1.11x. The converter still fuses a DEQUANTIZE -> op -> QUANTIZE sandwich into the op's int8
+    #: kernel where it has one (GELU, PAD). Every int8 LiteRT kernel writes int8 (no float-output kinds);
+    #: litert-torch lowers float weights + quantize, not folded int8 weights.
     #: The converter also fuses DEQUANTIZE -> HARD_SWISH -> QUANTIZE into an int8 HARD_SWISH, which XNNPACK does
     #: not take: each one runs on LiteRT's own kernels and splits the delegated graph. efficientvit_b1 (224 px,
     #: 2 threads) had 30 of them in 31 partitions and ran at 0.27-0.36x FP32 (litert-torch's default recipe:
     #: the same); with the depthwise convolutions between the HardSwish in float it is one partition at 1.57x.
     quant_policy: ClassVar[QuantPolicy] = QuantPolicy(
-        float_kinds=UNWEIGHTED, fold_quantize=False,
+        float_kinds=UNWEIGHTED - {OpKind.SIGMOID, OpKind.MUL}, fold_quantize=False,
         unaccelerated_int8=((torch.ops.aten.hardswish.default,
                              "an int8 HARD_SWISH is not run by XNNPACK and splits LiteRT's delegated graph"),))
 

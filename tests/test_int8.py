@@ -361,6 +361,8 @@ def test_int8_export_validates_on_every_target(cli, tmp_path, target):
         assert ops["CONV_2D"] + ops["DEPTHWISE_CONV_2D"] + ops["FULLY_CONNECTED"] == (
             int8_ops["CONV_2D"] + int8_ops["DEPTHWISE_CONV_2D"] + int8_ops["FULLY_CONNECTED"])
         assert ops["SOFTMAX"] > 0 and "SOFTMAX" not in int8_ops
+        # the split SiLU runs in int8 (LOGISTIC and MUL kernels), with no float island around it
+        assert int8_ops.get("LOGISTIC", 0) == ops["LOGISTIC"] > 0 and int8_ops.get("MUL", 0) >= ops["LOGISTIC"]
         assert set(m["quantization"]["target_float_kinds"]) >= {"softmax", "layer_norm", "add"}
     if target == "coreml":
         ops = m["details"]["op_counts"] if "op_counts" in m["details"] else m["details"]["inspection"]["op_counts"]

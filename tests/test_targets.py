@@ -68,7 +68,8 @@ def test_every_exporter_declares_a_typed_policy_and_the_contract_is_enforced():
     for name in target_names():
         exp = get_exporter(name)
         assert exp.target is get_target(name) and isinstance(exp.quant_policy, QuantPolicy)
-    assert get_exporter("tflite").quant_policy.float_kinds == UNWEIGHTED
+    # LiteRT: weighted ops and a split SiLU's halves in int8 (exporters/tflite.py says why)
+    assert get_exporter("tflite").quant_policy.float_kinds == UNWEIGHTED - {OpKind.SIGMOID, OpKind.MUL}
     with pytest.raises(TypeError, match="OpKind"):
         QuantPolicy(float_kinds={"softmx"})  # a typo is an error, not a silent no-op
 
