@@ -15,7 +15,11 @@ runs at its own input size with its weights, calibrated on its own bundled calib
 
     python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1 mobilevit_xxs.cifar10
                                      efficientformerv2_s0.cifar10] [--targets onnx tflite executorch]
-                                    [--threads 2] [--runs 30] [--held-out 100]
+                                    [--threads 2] [--runs 30] [--held-out 100] [--max-drift 0.01]
+
+``--max-drift X`` adds one more INT8 plan per target, ``int8-drift<X>``: the default plan with layers moved
+to float (most error per MAC first) until the drift on the held-out calibration samples is at most X, to
+show what a fidelity budget costs in speed beside the peer recipes.
 """
 
 from __future__ import annotations
@@ -174,6 +178,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calib-size", type=int, default=32)
     p.add_argument("--held-out", type=int, default=100, help="a trained fixture's validation images for drift")
+    p.add_argument("--max-drift", type=float, default=None, help="also export each target's plan at this budget")
     args = p.parse_args()
     rows, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,6 +198,9 @@ def main() -> None:
                 plans = [("fp32", None), ("int8", Int8Request(calib_size=args.calib_size))]
                 if target in LATENCY_SEARCH:
                     plans.append(("int8-latency", Int8Request(calib_size=args.calib_size, optimize="latency")))
+                if args.max_drift is not None:
+                    plans.append((f"int8-drift{args.max_drift:g}",
+                                  Int8Request(calib_size=args.calib_size, max_drift=args.max_drift)))
                 for kind, int8 in plans:
                     req = ExportRequest(model=name, target=target, out_dir=tmp / name / kind,
                                         weights=None if weights is None else str(weights),
