@@ -167,7 +167,8 @@ class _Annotator:
     def _rescale(node: torch.fx.Node, annotation_cls, shared_cls) -> None:
         """``x * c`` with ``c`` a positive constant (attention's ``q * scale``) after an int8 ``x``: its output
         takes ``x``'s zero point and ``c`` times its scale, so the int8 values are the same and the multiply
-        is dropped after conversion (:func:`calibration.quantize.drop_exact_rescales`), on every target."""
+        is dropped after conversion where the file keeps a step per dequantize (ONNX;
+        :func:`calibration.quantize.drop_exact_rescales`), and is an exact int8 rescale elsewhere."""
         from torchao.quantization.pt2e.quantizer import DerivedQuantizationSpec
 
         src, factor = node.args[0], constant_factor(node)

@@ -99,6 +99,9 @@ class QuantPolicy:
     can write a float output (ONNX Runtime's MatMulIntegerToFloat), so an int8 op feeding only float ops
     needs no quantized output. ``fold_quantize``: int8 weights stored folded (True) or as float + quantize.
     ``activation_storage``: how the file stores int8 activations, said in the manifest.
+    ``fold_rescales``: a multiply by a positive constant after an int8 tensor is folded into its consumers'
+    dequantize step (:func:`calibration.quantize.drop_exact_rescales`); only where the file keeps a scale per
+    dequantize (ONNX). LiteRT's converter keeps one scale per tensor and would read the folded step wrongly.
     ``unaccelerated_int8``: (aten op, why) pairs for ops the target's converter turns into an int8 kernel
     whenever their input and output are both quantized, but whose int8 kernel the runtime's accelerator lacks,
     so it runs outside it and splits the accelerated graph. The plan keeps one side of each such op in float
@@ -109,6 +112,7 @@ class QuantPolicy:
     float_output_kinds: frozenset[OpKind] = frozenset()
     fold_quantize: bool = True
     activation_storage: str = "int8"
+    fold_rescales: bool = False
     unaccelerated_int8: tuple[tuple[torch._ops.OpOverload, str], ...] = ()
 
     def __post_init__(self) -> None:

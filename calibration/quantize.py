@@ -222,15 +222,17 @@ def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy(), float_layers:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = convert_pt2e(prepared, fold_quantize=policy.fold_quantize)
-    drop_exact_rescales(converted)
+    if policy.fold_rescales:
+        drop_exact_rescales(converted)
     return QuantizedGraph(converted)
 
 
 def drop_exact_rescales(gm: torch.fx.GraphModule) -> int:
     """Remove ``quantize(dequantize(q, s, z) * c, s * c, z)``: the int8 values are ``q`` itself, so its
     consumers read ``q`` (their dequantize already carries ``s * c``). The annotator gives a multiply by a
-    positive constant that derived range (attention's ``q * scale``); without this, every target would run it
-    as a float multiply between a dequantize and a quantize. Returns how many were dropped."""
+    positive constant that derived range (attention's ``q * scale``); without this, ONNX Runtime runs it as a
+    float multiply between a dequantize and a quantize. Only for files that keep a step per dequantize
+    (``QuantPolicy.fold_rescales``). Returns how many were dropped."""
     from calibration.annotate import constant_factor
 
     q_ops = (torch.ops.quantized_decomposed.quantize_per_tensor.default,)

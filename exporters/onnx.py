@@ -74,7 +74,7 @@ class OnnxExporter(Exporter):
     #: run: conformer_kws 0.74x -> 0.89x, mobilevit_s 1.27x -> 1.34x, efficientformer_l1 1.05x -> 1.14x,
     #: mobilevit_xxs at 64 px 0.67x -> 0.67x; cosine to FP32 unchanged.
     quant_policy: ClassVar[QuantPolicy] = QuantPolicy(
-        float_kinds={OpKind.SOFTMAX}, float_output_kinds={OpKind.MATMUL},
+        float_kinds={OpKind.SOFTMAX}, float_output_kinds={OpKind.MATMUL}, fold_rescales=True,
         activation_storage="uint8 with zero point +128, for ONNX Runtime's u8s8 kernels")
 
     def check_available(self) -> None:

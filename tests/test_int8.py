@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from calibration.ops import QuantPolicy
 from calibration.quantize import calibrate, capture, finalize, int8_nodes
 from torch import nn
 from calibration.sensitivity import (
@@ -233,7 +234,8 @@ def test_attention_keeps_its_split_and_query_scale_in_int8():
     model = _Tokens().eval()
     batches = [torch.randn(4, 12, 8) for _ in range(3)]
     cal = calibrate(capture(model, batches[0][:1]), batches, holdout=4)
-    graph = finalize(cal).quantized.graph
+    onnx = QuantPolicy(fold_rescales=True)  # ONNX keeps a step per dequantize; LiteRT one per tensor
+    graph = finalize(cal, onnx).quantized.graph
     split = next(n for n in graph.nodes if n.target == torch.ops.aten.split.Tensor)
     step = float(split.args[0].args[1])  # the dequantize the split reads
     parts = [next(iter(g.users)) for g in split.users]  # each part's quantize
@@ -244,7 +246,9 @@ def test_attention_keeps_its_split_and_query_scale_in_int8():
     assert q_step == pytest.approx(step * model.attn.scale, rel=1e-5)
     # the exported graph computes what the simulation of the plan measured
     with torch.no_grad():
-        out = torch.cat([finalize(cal)(cal.held_out[i:i + 1]) for i in range(len(cal.held_out))])
+        out = torch.cat([finalize(cal, onnx)(cal.held_out[i:i + 1]) for i in range(len(cal.held_out))])
+    kept = finalize(cal).quantized.graph  # without folding the multiply stays, between the same two steps
+    assert sum(n.target == torch.ops.aten.mul.Tensor for n in kept.nodes) == 1
     sim = Simulator(cal, cal.held_out)
     simulated = sim._run(int8_nodes(cal.layers), set())
     assert torch.allclose(out, simulated, atol=1e-5)
