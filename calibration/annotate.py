@@ -121,9 +121,9 @@ class _Annotator:
         for node in gm.graph.nodes:
             if node.op != "call_function":
                 continue
-            kind = kind_of(node)
-            if constant_factor(node) is not None:
-                self._rescale(node, QuantizationAnnotation, SharedQuantizationSpec)
+            kind, factor = kind_of(node), constant_factor(node)
+            if factor is not None:
+                self._rescale(node, factor, QuantizationAnnotation, SharedQuantizationSpec)
             elif kind is not None and layer_of(node) in self.int8_layers:
                 inputs = tensor_inputs(node, kind)
                 if not inputs:
@@ -162,16 +162,15 @@ class _Annotator:
         node.meta["quantization_annotation"] = annotation_cls(input_qspec_map={src: shared}, output_qspec=shared,
                                                               _annotated=True)
 
-
     @staticmethod
-    def _rescale(node: torch.fx.Node, annotation_cls, shared_cls) -> None:
+    def _rescale(node: torch.fx.Node, factor: float, annotation_cls, shared_cls) -> None:
         """``x * c`` with ``c`` a positive constant (attention's ``q * scale``) after an int8 ``x``: its output
         takes ``x``'s zero point and ``c`` times its scale, so the int8 values are the same and the multiply
         is dropped after conversion where the file keeps a step per dequantize (ONNX;
         :func:`calibration.quantize.drop_exact_rescales`), and is an exact int8 rescale elsewhere."""
         from torchao.quantization.pt2e.quantizer import DerivedQuantizationSpec
 
-        src, factor = node.args[0], constant_factor(node)
+        src = node.args[0]
         ann = src.meta.get("quantization_annotation")
         if ann is None or ann.output_qspec is None:
             return

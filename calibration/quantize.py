@@ -22,7 +22,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from calibration.annotate import CALIB_METHODS, DEFAULT_METHOD, CalibrationMethod, check_method, make_quantizer, torchao
+from calibration.annotate import (
+    CALIB_METHODS,
+    DEFAULT_METHOD,
+    CalibrationMethod,
+    check_method,
+    constant_factor,
+    make_quantizer,
+    torchao,
+)
 from calibration.fold import fold_channel_scales, split_silu
 from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, op_name, passes
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
@@ -233,8 +241,6 @@ def drop_exact_rescales(gm: torch.fx.GraphModule) -> int:
     positive constant that derived range (attention's ``q * scale``); without this, ONNX Runtime runs it as a
     float multiply between a dequantize and a quantize. Only for files that keep a step per dequantize
     (``QuantPolicy.fold_rescales``). Returns how many were dropped."""
-    from calibration.annotate import constant_factor
-
     q_ops = (torch.ops.quantized_decomposed.quantize_per_tensor.default,)
     dq_ops = (torch.ops.quantized_decomposed.dequantize_per_tensor.default,)
     dropped = 0

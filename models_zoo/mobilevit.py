@@ -45,15 +45,20 @@ def check_input_size(input_size: tuple[int, int]) -> None:
         raise ValueError(f"MobileViT input size must be a positive multiple of {INPUT_DIVISOR}, got {h}x{w}")
 
 
+def _patch_grid(h: int, w: int, patch: int) -> tuple[int, int]:
+    """(n_h, n_w): how many ``patch`` x ``patch`` patches an h x w map holds; refuses maps that do not divide."""
+    if h % patch or w % patch:
+        raise ValueError(f"feature map {h}x{w} does not divide into {patch}x{patch} patches")
+    return h // patch, w // patch
+
+
 def unfold_patches(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, int, int]:
     """[B, C, H, W] -> [B, C, P, N] with P = patch * patch pixels per patch and N patches.
 
     Returns the patch grid (n_h, n_w) too, for :func:`fold_patches`. Every tensor is rank 5 at most.
     """
     b, c, h, w = x.shape
-    if h % patch or w % patch:
-        raise ValueError(f"feature map {h}x{w} does not divide into {patch}x{patch} patches")
-    n_h, n_w = h // patch, w // patch
+    n_h, n_w = _patch_grid(h, w, patch)
     x = x.reshape(b * c, n_h, patch, n_w, patch)
     x = x.permute(0, 2, 4, 1, 3)  # [B*C, p_h, p_w, n_h, n_w]
     return x.reshape(b, c, patch * patch, n_h * n_w), n_h, n_w
@@ -77,9 +82,7 @@ def patch_tokens(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, int, int]:
     the first permute against its own. The sequences are independent, so their order (P before B) is free.
     """
     b, c, h, w = x.shape
-    if h % patch or w % patch:
-        raise ValueError(f"feature map {h}x{w} does not divide into {patch}x{patch} patches")
-    n_h, n_w = h // patch, w // patch
+    n_h, n_w = _patch_grid(h, w, patch)
     x = x.permute(0, 2, 3, 1).reshape(b * n_h, patch, n_w, patch, c)
     x = x.permute(1, 3, 0, 2, 4)  # [p_h, p_w, B*n_h, n_w, C]: every tensor rank 5 at most
     return x.reshape(patch * patch * b, n_h * n_w, c), n_h, n_w
