@@ -1,6 +1,7 @@
 """ci's latency gate holds on a busy machine: a ratio to a reference workload on the same runtime, timed
 while busy loops take every core, neither fails an artifact that did not change nor misses one that is twice
-as slow; estimates on either side of the tolerance make the job inconclusive (exit 4), not a verdict."""
+as slow; estimates on either side of the tolerance make the job inconclusive (exit 4), not a verdict, and the
+rerun that verdict asks for decides."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def artifacts(tmp_path_factory):
     out = tmp_path_factory.mktemp("latency")
     ref = ci_latency.reference_artifact("onnx", out, 2)
     made = []
+    torch = pytest.importorskip("torch")
     for name, weights in (("mobilevit_xxs.cifar10", None), ("mobilevit_xs", "random")):
+        torch.manual_seed(0)  # the same random weights, and the same regression, in every run
         m = run_export(ExportRequest(model=name, target="onnx", out_dir=out / name, weights=weights,
                                      num_classes=None if weights is None else 10,
                                      input_size=None if weights is None else (64, 64)))
@@ -68,16 +71,25 @@ def test_gate_holds_under_a_cpu_hog(artifacts):
             break
     base = {"latency_ratio": quiet["ratio"], "latency_min_ratio": quiet["min_ratio"],
             "latency_reference": REFERENCE_ID}
+    figures = f"quiet {_figures(quiet)}"
     with busy_loops(os.cpu_count() or 2):
-        loaded = _measure(same, ref)
-        regressed = _measure(slower, ref)
-    figures = (f"quiet {quiet['ratio']}/{quiet['min_ratio']}, loaded {loaded['ratio']}/{loaded['min_ratio']}, "
-               f"1.9x model {regressed['ratio']}/{regressed['min_ratio']}")
-    assert judge(loaded, base, TOLERANCE)["failures"] == [], figures  # no false failure
-    verdict = judge(regressed, base, TOLERANCE)
+        for attempt in range(2):  # an inconclusive verdict tells the user to rerun; a rerun must decide
+            loaded = _measure(same, ref)
+            regressed = _measure(slower, ref)
+            figures += f"; loaded {_figures(loaded)}, 1.9x model {_figures(regressed)}"
+            assert judge(loaded, base, TOLERANCE)["failures"] == [], figures  # no false failure, on any run
+            verdict = judge(regressed, base, TOLERANCE)
+            assert verdict["status"] != "compared" or verdict["failures"], figures  # never passed
+            if verdict["status"] == "compared":
+                break
     assert verdict["status"] == "compared" and verdict["failures"], figures  # caught, not excused
     assert verdict["failures"][0].startswith("latency regression:")
     assert loaded["threads"] == 1 and loaded["reference_calls_per_pair"] >= 1
+
+
+def _figures(m: dict) -> str:
+    return (f"{m['ratio']}/{m['min_ratio']} ({m['artifact_ms']} vs {m['reference_ms']} ms, "
+            f"{m['reference_calls_per_pair']} reference calls per pair, {m['clock']} clock)")
 
 
 def test_a_regression_needs_both_estimates_and_a_split_verdict_is_inconclusive():
