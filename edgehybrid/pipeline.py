@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -226,12 +227,14 @@ def run_export(req: ExportRequest, log: Log = lambda _m: None) -> dict:
         from edgehybrid.profiling.remote import check_reachable
 
         check_reachable(req.int8.ssh_device, req.int8.identity, list(req.int8.ssh_options))
-    with output_dir(req.out_dir) as out_dir:  # a failed export leaves no new empty folder
-        return _export_into(req, exporter, req.int8 or Int8Request(), images, out_dir, stem, log, t_start)
+    # scratch: the FP32 artifact a latency search and --sensitivity's layer times both use, exported once
+    with output_dir(req.out_dir) as out_dir, tempfile.TemporaryDirectory(prefix="edgehybrid-fp32-") as scratch:
+        return _export_into(req, exporter, req.int8 or Int8Request(), images, out_dir, stem, log, t_start,
+                            Path(scratch))
 
 
 def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[Path], out_dir: Path, stem: str,
-                 log: Log, t_start: float) -> dict:
+                 log: Log, t_start: float, scratch: Path) -> dict:
     options = req.options
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -255,7 +258,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         t = time.perf_counter()
         norm_example = torch.from_numpy(batched(model_input(pixels, spec.preprocessing), options.batch)[0])
         ckpt = parse_ref(req.model)[1] if src is None else None
-        trials = _trials(req, exporter, graph, example, spec)
+        trials = _trials(req, exporter, graph, example, spec, scratch)
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress,
                                     bundled_calib=ckpt.calibration if ckpt is not None else None, trials=trials)
         timings["quantize"] = time.perf_counter() - t
@@ -316,9 +319,11 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     return manifest
 
 
-def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.Tensor, spec) -> Trials:
+def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.Tensor, spec,
+            scratch: Path) -> Trials:
     """How ``--optimize latency`` exports a candidate plan (with the request's options) and runs it on the
-    target's runtime, fed the export's own example in the artifact's layout."""
+    target's runtime, fed the export's own example in the artifact's layout. The FP32 model is exported once,
+    into ``scratch`` (alive for the whole export): the search times it, and ``--sensitivity`` profiles it."""
     from edgehybrid.latency_plan import time_side_by_side
     from edgehybrid.profiling.remote import time_side_by_side_remote
     from edgehybrid.runtimes import open_session
@@ -326,12 +331,20 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
     options = req.options
     pre = spec.preprocessing
 
+    fp32 = []
+
     def export(graph: nn.Module, folder: Path, int8: bool):
+        if not int8 and fp32:
+            return fp32[0]
+        folder = folder if int8 else scratch / "fp32"
         folder.mkdir(parents=True)
         if int8 and options.normalize_in_graph:
             graph = NormalizeInGraph(graph, pre)
         opts = options if int8 else replace(options, precision=Precision.FP32)
-        return exporter.export(graph, example, spec, opts, folder / f"trial{exporter.suffix}")
+        artifact = exporter.export(graph, example, spec, opts, folder / f"trial{exporter.suffix}")
+        if not int8:
+            fp32.append(artifact)
+        return artifact
 
     def time_here(artifacts: dict) -> dict:
         runs = {}

@@ -74,13 +74,25 @@ def test_verdict_never_calls_a_slower_int8_plan_a_speed_up():
     assert text.startswith("chose 'every kind': 1.50x FP32's speed")
 
 
-def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_path):
+def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_path, monkeypatch):
     # a small hybrid of the user's own (conv stem, attention, MLP, 16 layers): six real exports and timings on
     # ONNX Runtime in 25 s; the fixture takes 3 min (the --max-drift variant below runs on it, with --runslow)
+    from exporters.onnx import OnnxExporter
+
+    precisions, export = [], OnnxExporter.export
+
+    def counted(self, graph, example, spec, options, path):
+        precisions.append(str(options.precision))
+        return export(self, graph, example, spec, options, path)
+
+    monkeypatch.setattr(OnnxExporter, "export", counted)
     out = tmp_path / "out"
-    code, stdout, stderr = cli("export", TINY, "-t", "onnx", "--int8", "--optimize", "latency", "--calib-size",
-                               "32", "--out", str(out), "--json")
+    code, stdout, stderr = cli("export", TINY, "-t", "onnx", "--int8", "--optimize", "latency", "--sensitivity",
+                               "--calib-size", "32", "--out", str(out), "--json")
     assert code == 0, stderr
+    # FP32 is exported once: the search times it and --sensitivity profiles its layers; five plans and the artifact
+    assert precisions.count("fp32") == 1 and precisions.count("int8") == 6, precisions
+    assert json.loads(stdout)["quantization"]["layer_latency"]["fp32_total_ms"] > 0
     quant = json.loads(stdout)["quantization"]
     search = quant["latency_search"]
     assert quant["optimize"] == "latency" and search["runtime"] == "onnxruntime" and search["threads"] == 2
@@ -102,7 +114,7 @@ def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_pa
     said = "chose '" if search["int8_faster_than_fp32"] else "no INT8 plan is faster than FP32"
     assert said in stderr
     stem = "tiny_hybrid_build_int8.onnx"
-    assert sorted(p.name for p in out.iterdir()) == [stem, f"{stem}.manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [stem, f"{stem}.manifest.json", f"{stem}.sensitivity.md"]
 
 
 @pytest.mark.slow  # a second full search (six exports): the default-budget search above runs in every CI
