@@ -91,3 +91,50 @@ def test_every_family_quantizes_to_int8_and_validates(cli, checkpoints, tmp_path
 def test_near_miss_names_get_a_did_you_mean(cli, typo, expected):
     code, _, err = cli("info", typo)
     assert code == 2 and "did you mean" in err and f"'{expected}'" in err.split("did you mean", 1)[1], err
+
+
+def test_a_class_token_sliced_off_before_a_float_concatenation_converts_to_tflite_int8(tmp_path):
+    """CvT's attention slices its class token off the normalized tokens and concatenates it back after the
+    convolutional projections. On LiteRT the concatenation runs in float, so the plan used to drop the slice's
+    quantize: the converter then gave the slice the concatenation's scale, which a slice cannot change, and
+    refused the model ("'tfl.slice' op quantization parameters violate the same scale constraint"; every CvT
+    INT8 export to TFLite). The slice now keeps its input's step, and the concatenation requantizes it."""
+    pytest.importorskip("litert_torch")
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from calibration.quantize import calibrate, capture, finalize
+    from edgehybrid.drift import compare
+    from edgehybrid.runtimes import open_session
+    from exporters.base import ExportOptions, get_exporter
+    from models_zoo.cvt import Stage
+
+    class ClassTokenStage(nn.Module):  # one CvT stage with a class token (cvt_13's last), and a head
+        def __init__(self):
+            super().__init__()
+            self.stage, self.head = Stage(3, 32, 1, 2, (3, 4, 1), cls_token=True), nn.Linear(32, 10)
+
+        def forward(self, x):
+            x, cls = self.stage(x)
+            return self.head(cls[:, 0] + x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = ClassTokenStage().eval()
+    for p in model.parameters():  # a class token of zeros would quantize to one value
+        torch.nn.init.normal_(p, std=0.2)
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    exporter = get_exporter("tflite")
+    cal = calibrate(capture(model, batches[0][:1]), batches, holdout=4)
+    graph = finalize(cal, exporter.quant_policy)
+    sliced = [n for n in graph.quantized.graph.nodes if n.target == torch.ops.aten.slice.Tensor
+              and any("quantize" in str(u.target) for u in n.users)]
+    assert len(sliced) >= 2  # the class token and the patch tokens both leave the slice int8
+    art = exporter.export(graph, batches[0][:1], get_spec("cvt_13"), ExportOptions(precision="int8"),
+                          tmp_path / "cls.tflite")
+    session = open_session("tflite", art.path, 2).session
+    x = cal.held_out[:1]
+    got = session.run({art.inputs[0].name: x.permute(0, 2, 3, 1).numpy()})
+    with torch.no_grad():
+        want = graph(x).numpy()
+    assert compare(want, np.asarray(next(iter(got.values())))).cosine > 0.99
