@@ -41,7 +41,7 @@ warnings.filterwarnings("ignore")
 from calibration.preprocess import find_images, load_batch, sample_images
 from calibration.sources import BUNDLED, CALIB_DIR, data_path
 from edgehybrid.drift import compare
-from edgehybrid.errors import CheckFailedError
+from edgehybrid.errors import EdgeHybridError
 from edgehybrid.int8 import Int8Request
 from edgehybrid.pipeline import ExportRequest, run_export
 from edgehybrid.runtimes import get_runtime
@@ -208,7 +208,8 @@ def main() -> None:
                                         threads=args.threads, int8=int8)
                     try:
                         m = run_export(req, log=_search_log(name, target) if kind == "int8-latency" else _quiet)
-                    except CheckFailedError as exc:  # reported, not hidden: the row says why it is missing
+                    except EdgeHybridError as exc:  # a check that failed or a converter that refused: reported,
+                        # not hidden, and the other artifacts are still timed
                         failed.append(f"{name} {target} {kind}: {exc}")
                         continue
                     arts[(target, kind)] = Path(m["artifact"])
@@ -224,8 +225,11 @@ def main() -> None:
                 out = tmp / f"{name}_{kind}{suffix}"
                 source = arts[("onnx", "fp32")] if target == "onnx" else loaded.model
                 example = torch.from_numpy(held_out[:1])
-                arts[(target, kind)] = recipe(source, calib, out) if target == "onnx" else recipe(
-                    source, example, calib, out)
+                try:
+                    arts[(target, kind)] = recipe(source, calib, out) if target == "onnx" else recipe(
+                        source, example, calib, out)
+                except Exception as exc:  # the peer's own converter refused the model: said, not hidden
+                    failed.append(f"{name} {target} {kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             sessions, outputs = {}, {}
             for (target, kind), path in arts.items():
                 rt = get_runtime(RUNTIME[target])
