@@ -6,6 +6,9 @@ calibration. Which edges a plan quantizes follows the same rule as :func:`calibr
 
 * sensitivity: each layer alone in int8 (everything else float); its output SQNR against FP32 (higher is
   better; the lowest are the layers INT8 hurts most);
+* the kind guard (every plan with held-out samples): an op kind the target runs in int8 whose int8 alone, beside
+  the weighted ops, multiplies their drift (CvT's residual adds, LayerNorms and attention matmuls: 0.044 ->
+  0.14 each, 0.19 together) is kept float in the layers that hold it, and the manifest says so with the figures;
 * the drift budget: start from the full plan; while the drift (relative RMS error of the logits against
   FP32 = 10^(-SQNR/20)) exceeds the budget, move to float the layer with the most error per unit of int8
   speed it would give up (its share of the model's MACs, plus a floor for the quantize/dequantize pair a
@@ -16,12 +19,12 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from calibration.ops import QuantPolicy
+from calibration.ops import TRAITS, UNWEIGHTED, QuantPolicy
 from calibration.quantize import Calibrated, float_output_nodes, int8_nodes, keep_edge, observer_edge, plan_nodes
 from edgehybrid.drift import compare
 
@@ -112,6 +115,38 @@ class Simulator:
 def drift_of(sqnr_db: float) -> float:
     """Relative RMS error of the logits for an SQNR in dB."""
     return 0.0 if math.isinf(sqnr_db) else 10 ** (-sqnr_db / 20)
+
+
+#: the kind guard: a kind is kept float when, alone in int8 beside the weighted ops, it multiplies their drift by
+#: more than GUARD_RATIO and adds more than GUARD_MIN (on MobileViT-S, EfficientFormer-L1 and BoTNet no kind
+#: moves it by more than 1.1x; on CvT-13 three kinds move it 3.1-3.3x)
+GUARD_RATIO = 2.0
+GUARD_MIN = 0.01
+
+
+def guard_kinds(sim: Simulator, policy: QuantPolicy) -> dict:
+    """Keep float the op kinds that multiply the plan's error (see the module's docstring); returns the
+    figures the manifest records: ``{"weighted_only_drift", "plan_drift", "kinds": [{"kind", "drift"}]}``.
+    One extra forward pass when the plan is within ``GUARD_RATIO`` of the weighted ops' drift; one per kind
+    the target runs in int8 otherwise. A layer that holds a guarded kind and no weighted op goes float."""
+    base = drift_of(sim.candidate_sqnr(replace(policy, float_kinds=UNWEIGHTED | policy.float_kinds)))
+    plan = drift_of(sim.candidate_sqnr(policy))
+    out = {"weighted_only_drift": round(base, 5), "plan_drift": round(plan, 5), "kinds": []}
+    if plan <= GUARD_RATIO * base or plan - base <= GUARD_MIN:
+        return out
+    for kind in sorted(UNWEIGHTED - policy.float_kinds, key=str):
+        alone = drift_of(sim.candidate_sqnr(replace(policy, float_kinds=(UNWEIGHTED - {kind}) | policy.float_kinds)))
+        if alone > GUARD_RATIO * base and alone - base > GUARD_MIN:
+            out["kinds"].append({"kind": kind.value, "drift": round(alone, 5)})
+    guarded = {entry["kind"] for entry in out["kinds"]}
+    for layer in sim.cal.layers.values():
+        held = sorted({k.value for k in layer.kinds} & guarded)
+        if layer.precision == "int8" and held and not any(TRAITS[k].weighted for k in layer.kinds):
+            figures = ", ".join(f"{e['kind']} {e['drift']:.4f}" for e in out["kinds"] if e["kind"] in held)
+            layer.precision = "float"
+            layer.reason = (f"kept in float: {'/'.join(held)} in int8 beside the weighted ops raises the held-out "
+                            f"drift from {base:.4f} to {figures} (more than {GUARD_RATIO:g}x)")
+    return out
 
 
 def measure_sensitivity(sim: Simulator) -> list[tuple[str, float]]:

@@ -22,6 +22,7 @@ from calibration.quantize import apply_float_layers, calibrate, capture, finaliz
 from calibration.sensitivity import (
     Simulator,
     drift_of,
+    guard_kinds,
     measure_sensitivity,
     meet_budget,
 )
@@ -166,6 +167,12 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     if cal.held_out is not None:
         sim = Simulator(cal, cal.held_out, policy)
         measured["all_int8_sqnr_db"] = _db(sim.plan_sqnr())
+        guard = guard_kinds(sim, policy)
+        measured["kind_guard"] = guard
+        if guard["kinds"]:
+            log(f"kept {', '.join(e['kind'] for e in guard['kinds'])} in float: each alone in int8 beside the "
+                f"weighted ops raises the held-out drift from {guard['weighted_only_drift']:.4f} to "
+                + ", ".join(f"{e['drift']:.4f}" for e in guard["kinds"]) + f" (the full plan: {guard['plan_drift']:.4f})")
         if req.sensitivity or req.max_drift is not None:
             ranking = measure_sensitivity(sim)
         if req.max_drift is not None:

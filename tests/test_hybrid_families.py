@@ -108,21 +108,8 @@ def test_a_class_token_sliced_off_before_a_float_concatenation_converts_to_tflit
     from edgehybrid.drift import compare
     from edgehybrid.runtimes import open_session
     from exporters.base import ExportOptions, get_exporter
-    from models_zoo.cvt import Stage
 
-    class ClassTokenStage(nn.Module):  # one CvT stage with a class token (cvt_13's last), and a head
-        def __init__(self):
-            super().__init__()
-            self.stage, self.head = Stage(3, 32, 1, 2, (3, 4, 1), cls_token=True), nn.Linear(32, 10)
-
-        def forward(self, x):
-            x, cls = self.stage(x)
-            return self.head(cls[:, 0] + x.mean((2, 3)))
-
-    torch.manual_seed(0)
-    model = ClassTokenStage().eval()
-    for p in model.parameters():  # a class token of zeros would quantize to one value
-        torch.nn.init.normal_(p, std=0.2)
+    model = _class_token_stage(depth=1)
     batches = [torch.randn(4, 3, 16, 16) for _ in range(3)]
     exporter = get_exporter("tflite")
     cal = calibrate(capture(model, batches[0][:1]), batches, holdout=4)
@@ -138,3 +125,65 @@ def test_a_class_token_sliced_off_before_a_float_concatenation_converts_to_tflit
     with torch.no_grad():
         want = graph(x).numpy()
     assert compare(want, np.asarray(next(iter(got.values())))).cosine > 0.99
+
+
+def _class_token_stage(depth: int, outlier: float | None = None, seed: int = 0):
+    """One CvT stage with a class token (cvt_13's last) and a head, weights N(0, 0.2) (a class token of zeros
+    would quantize to one value); ``outlier``: the embedding's LayerNorm scales channel 0 by it, so the residual
+    stream carries one channel far wider than the rest (what trained transformers grow, and CvT-13's seeded
+    weights show at 224 px)."""
+    import torch
+    from torch import nn
+
+    from models_zoo.cvt import Stage
+
+    class ClassTokenStage(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stage, self.head = Stage(3, 32, depth, 2, (3, 4, 1), cls_token=True), nn.Linear(32, 10)
+
+        def forward(self, x):
+            x, cls = self.stage(x)
+            return self.head(cls[:, 0] + x.mean((2, 3)))
+
+    torch.manual_seed(seed)
+    model = ClassTokenStage().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        if outlier is not None:
+            model.stage.embedding.convolution_embeddings.normalization.weight[0] = outlier
+    return model
+
+
+@pytest.mark.parametrize("outlier", [None, 50.0])
+def test_kind_guard_keeps_float_only_the_kinds_that_multiply_the_error(outlier):
+    """On ONNX Runtime every kind but softmax runs int8. With one wide channel in the residual stream, int8
+    residual adds and LayerNorm inputs crush the other channels (drift 0.04 -> 0.35); the guard keeps float
+    the layers that hold those kinds, says why with the figures, and the plan comes back near the weighted
+    ops' drift. Without the outlier nothing moves."""
+    import torch
+
+    from calibration.quantize import calibrate, capture
+    from calibration.sensitivity import GUARD_RATIO, Simulator, drift_of, guard_kinds
+    from exporters.base import get_exporter
+
+    model = _class_token_stage(depth=2, outlier=outlier)
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(4)]
+    cal = calibrate(capture(model, batches[0][:1]), batches, holdout=4)
+    policy = get_exporter("onnx").quant_policy
+    sim = Simulator(cal, cal.held_out, policy)
+    guard = guard_kinds(sim, policy)
+    after = drift_of(sim.candidate_sqnr(policy))
+    floated = [layer for layer in cal.layers.values() if layer.precision == "float"]
+    if outlier is None:
+        assert guard["kinds"] == [] and not floated and after == pytest.approx(guard["plan_drift"], abs=1e-5)
+        return
+    kinds = {e["kind"] for e in guard["kinds"]}
+    assert {"add", "layer_norm"} <= kinds and "linear" not in kinds and "conv" not in kinds
+    assert all(e["drift"] > GUARD_RATIO * guard["weighted_only_drift"] for e in guard["kinds"])
+    assert guard["plan_drift"] > 5 * guard["weighted_only_drift"]
+    assert after < 1.5 * guard["weighted_only_drift"]  # the plan is back near the weighted ops' own error
+    assert floated and all(set(k.value for k in layer.kinds) & kinds for layer in floated)
+    assert all(layer.reason.startswith("kept in float: ") and f"{guard['weighted_only_drift']:.4f}" in layer.reason
+               for layer in floated)
