@@ -49,7 +49,9 @@ class ConvNormAct(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over [B, N, C] tokens as plain matmul + softmax (timm's ``qkv``/``proj`` keys).
 
-    No ``F.scaled_dot_product_attention``: every exporter sees the same plain ops.
+    No ``F.scaled_dot_product_attention``: every exporter sees the same plain ops. Tokens may also come flat,
+    [B * N, C] with ``seq=N``: the linears then run on 2-D input, which every runtime takes without reshapes of
+    its own (ONNX Runtime wraps a 3-D linear in two; in an int8 graph they cannot merge with the model's).
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -60,13 +62,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+    def forward(self, x: torch.Tensor, seq: int | None = None) -> torch.Tensor:
+        shape = x.shape
+        n, c = (shape[1], shape[2]) if seq is None else (seq, shape[1])
+        b = shape[0] if seq is None else shape[0] // seq
         # qkv features are ordered (q|k|v, head, head_dim); keep heads and q/k/v on one axis to stay rank 4
         qkv = self.qkv(x).reshape(b, n, 3 * self.num_heads, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.num_heads, dim=1)  # each [B, heads, N, head_dim]
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+        return self.proj((attn @ v).transpose(1, 2).reshape(shape))
 
 
 class Mlp(nn.Module):

@@ -16,7 +16,7 @@ so an exported graph never holds a hidden interpolation. 64x64 inputs work (the 
 
 The pieces shared with MobileViT v2 (``mobilevit_v2.py``) live here: :class:`InvertedResidual`,
 :func:`unfold_patches`/:func:`fold_patches` (channels first, as v2's attention wants them) and the
-:class:`MobileViT` network skeleton; v1's transformer takes channels-last tokens (:func:`patch_tokens`).
+:class:`MobileViT` network skeleton; v1's transformer takes flat channels-last tokens (:func:`patch_tokens`).
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def fold_patches(x: torch.Tensor, patch: int, n_h: int, n_w: int) -> torch.Tenso
 
 
 def patch_tokens(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, int, int]:
-    """[B, C, H, W] -> tokens [P * B, N, C]: one sequence of the N patches per (pixel position in the patch,
-    image), channels last. Returns the patch grid (n_h, n_w) for :func:`tokens_to_map`.
+    """[B, C, H, W] -> tokens [P * B * N, C]: one sequence of the N patches per (pixel position in the patch,
+    image), flat (the transformer's linears then run on 2-D input), channels last. Returns the patch grid
+    (n_h, n_w) for :func:`tokens_to_map`; N = n_h * n_w.
 
     The channels go innermost first, so the permute that gathers the patches moves whole C-wide rows: on int8
     tensors a permute of single bytes (the channels-first layout, inner dimension 2) cost ONNX Runtime 1.7 ms
@@ -85,13 +86,13 @@ def patch_tokens(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, int, int]:
     n_h, n_w = _patch_grid(h, w, patch)
     x = x.permute(0, 2, 3, 1).reshape(b * n_h, patch, n_w, patch, c)
     x = x.permute(1, 3, 0, 2, 4)  # [p_h, p_w, B*n_h, n_w, C]: every tensor rank 5 at most
-    return x.reshape(patch * patch * b, n_h * n_w, c), n_h, n_w
+    return x.reshape(patch * patch * b * n_h * n_w, c), n_h, n_w
 
 
 def tokens_to_map(x: torch.Tensor, patch: int, n_h: int, n_w: int) -> torch.Tensor:
-    """Inverse of :func:`patch_tokens`: [P * B, N, C] -> [B, C, H, W]."""
+    """Inverse of :func:`patch_tokens`: [P * B * N, C] -> [B, C, H, W]."""
     c = x.shape[-1]
-    b = x.shape[0] // (patch * patch)
+    b = x.shape[0] // (patch * patch * n_h * n_w)
     x = x.reshape(patch, patch, b * n_h, n_w, c).permute(2, 0, 3, 1, 4)  # [B*n_h, p_h, n_w, p_w, C]
     return x.reshape(b, n_h * patch, n_w * patch, c).permute(0, 3, 1, 2)
 
@@ -117,7 +118,8 @@ class InvertedResidual(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm transformer encoder layer (timm's ViT ``Block`` without layer scale or drop-path)."""
+    """Pre-norm transformer encoder layer (timm's ViT ``Block`` without layer scale or drop-path), on flat
+    tokens [B * seq, C]."""
 
     def __init__(self, dim: int, num_heads: int = 4, mlp_ratio: float = 2.0):
         super().__init__()
@@ -126,8 +128,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act=nn.SiLU)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, seq: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), seq)
         return x + self.mlp(self.norm2(x))
 
 
@@ -152,8 +154,10 @@ class MobileViTBlock(nn.Module):
         shortcut = x
         x = self.conv_1x1(self.conv_kxk(x))
 
-        x, n_h, n_w = patch_tokens(x, self.patch_size)  # [P*B, N, C]
-        x = self.norm(self.transformer(x))
+        x, n_h, n_w = patch_tokens(x, self.patch_size)  # [P*B*N, C]
+        for block in self.transformer:
+            x = block(x, n_h * n_w)
+        x = self.norm(x)
         x = tokens_to_map(x, self.patch_size, n_h, n_w)
 
         x = self.conv_proj(x)
