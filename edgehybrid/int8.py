@@ -170,9 +170,10 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
         guard = guard_kinds(sim, policy)
         measured["kind_guard"] = guard
         if guard["kinds"]:
+            raised = ", ".join(f"{e['drift']:.4f} ({e['kind']})" for e in guard["kinds"])
             log(f"kept {', '.join(e['kind'] for e in guard['kinds'])} in float: each alone in int8 beside the "
-                f"weighted ops raises the held-out drift from {guard['weighted_only_drift']:.4f} to "
-                + ", ".join(f"{e['drift']:.4f}" for e in guard["kinds"]) + f" (the full plan: {guard['plan_drift']:.4f})")
+                f"weighted ops raises the held-out drift from {guard['weighted_only_drift']:.4f} to {raised} "
+                f"(the full plan: {guard['plan_drift']:.4f})")
         if req.sensitivity or req.max_drift is not None:
             ranking = measure_sensitivity(sim)
         if req.max_drift is not None:
