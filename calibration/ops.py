@@ -102,6 +102,10 @@ class QuantPolicy:
     ``fold_rescales``: a multiply by a positive constant after an int8 tensor is folded into its consumers'
     dequantize step (:func:`calibration.quantize.drop_exact_rescales`); only where the file keeps a scale per
     dequantize (ONNX). LiteRT's converter keeps one scale per tensor and would read the folded step wrongly.
+    ``requantize_float_concat``: the target's converter turns a float concatenation between quantized tensors
+    into an int8 one that requantizes each input (LiteRT's CONCATENATION); a slice or reshape feeding it then
+    keeps its quantize (:func:`calibration.quantize.finalize`), since a slice cannot take the concatenation's
+    scale. Not where int8 concatenation needs one scale everywhere (XNNPACK under ExecuTorch refuses the node).
     ``unaccelerated_int8``: (aten op, why) pairs for ops the target's converter turns into an int8 kernel
     whenever their input and output are both quantized, but whose int8 kernel the runtime's accelerator lacks,
     so it runs outside it and splits the accelerated graph. The plan keeps one side of each such op in float
@@ -113,6 +117,7 @@ class QuantPolicy:
     fold_quantize: bool = True
     activation_storage: str = "int8"
     fold_rescales: bool = False
+    requantize_float_concat: bool = False
     unaccelerated_int8: tuple[tuple[torch._ops.OpOverload, str], ...] = ()
 
     def __post_init__(self) -> None:

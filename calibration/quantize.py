@@ -222,7 +222,8 @@ def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy(), float_layers:
         edge = observer_edge(node)
         if edge is None:
             continue
-        if not keep_edge(*edge, int8, skipped, float_out) and not _before_concat(node):
+        if not keep_edge(*edge, int8, skipped, float_out) and not (policy.requantize_float_concat
+                                                                  and _before_concat(node)):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     graph.eliminate_dead_code()
@@ -297,7 +298,8 @@ def _before_concat(observer: torch.fx.Node) -> bool:
     feeds a concatenation: then it stays, even where the concatenation runs in float. Converters move the
     int8 values through the slice either way; without its own quantize they give it the concatenation's scale,
     which a slice cannot change (LiteRT: "'tfl.slice' op quantization parameters violate the same scale
-    constraint", CvT's class token). With it, the concatenation requantizes its input as it does any other."""
+    constraint", CvT's class token). With it, the concatenation requantizes its input as it does any other
+    (``QuantPolicy.requantize_float_concat``)."""
     src = observer.args[0]
     if not (isinstance(src, torch.fx.Node) and passes(src)):
         return False

@@ -88,7 +88,7 @@ class TFLiteExporter(Exporter):
     #: 2 threads) had 30 of them in 31 partitions and ran at 0.27-0.36x FP32 (litert-torch's default recipe:
     #: the same); with the depthwise convolutions between the HardSwish in float it is one partition at 1.57x.
     quant_policy: ClassVar[QuantPolicy] = QuantPolicy(
-        float_kinds=UNWEIGHTED - {OpKind.SIGMOID, OpKind.MUL}, fold_quantize=False,
+        float_kinds=UNWEIGHTED - {OpKind.SIGMOID, OpKind.MUL}, fold_quantize=False, requantize_float_concat=True,
         unaccelerated_int8=((torch.ops.aten.hardswish.default,
                              "an int8 HARD_SWISH is not run by XNNPACK and splits LiteRT's delegated graph"),))
 

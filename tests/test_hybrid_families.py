@@ -102,7 +102,6 @@ def test_a_class_token_sliced_off_before_a_float_concatenation_converts_to_tflit
     pytest.importorskip("litert_torch")
     import numpy as np
     import torch
-    from torch import nn
 
     from calibration.quantize import calibrate, capture, finalize
     from edgehybrid.drift import compare
