@@ -218,12 +218,13 @@ def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy(), float_layers:
     skipped = int8_nodes(cal.layers) - int8  # int8 layers' nodes a target runs in float
     float_out = float_output_nodes(cal.layers, policy.float_output_kinds)
     graph = prepared.graph
+    concats = ({n.name for n in graph.nodes if KIND_OF.get(n.target) is OpKind.CAT}
+               if policy.requantize_float_concat else set())  # see _after_quantized_move
     for node in list(graph.nodes):
         edge = observer_edge(node)
         if edge is None:
             continue
-        if not keep_edge(*edge, int8, skipped, float_out) and not (policy.requantize_float_concat
-                                                                  and _before_concat(node)):
+        if not keep_edge(*edge, int8, skipped, float_out) and not (edge[1] & concats and _after_quantized_move(node)):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     graph.eliminate_dead_code()
@@ -293,29 +294,19 @@ def keep_edge(producers: set[str], consumers: set[str], int8: set[str], skipped:
     return bool(made) and not (consumers <= skipped and made <= float_out)
 
 
-def _before_concat(observer: torch.fx.Node) -> bool:
-    """Whether ``observer`` sits after a value-preserving op (a slice, a reshape) whose input is quantized and
-    feeds a concatenation: then it stays, even where the concatenation runs in float. Converters move the
-    int8 values through the slice either way; without its own quantize they give it the concatenation's scale,
-    which a slice cannot change (LiteRT: "'tfl.slice' op quantization parameters violate the same scale
-    constraint", CvT's class token). With it, the concatenation requantizes its input as it does any other
-    (``QuantPolicy.requantize_float_concat``)."""
+def _after_quantized_move(observer: torch.fx.Node) -> bool:
+    """Whether ``observer`` sits after value-preserving ops (a slice, a reshape) whose input is still quantized.
+    Where such an edge feeds a concatenation that runs in float, it stays (``QuantPolicy.requantize_float_concat``):
+    converters move the int8 values through the slice either way; without its own quantize they give it the
+    concatenation's scale, which a slice cannot change (LiteRT: "'tfl.slice' op quantization parameters violate
+    the same scale constraint", CvT's class token). With it, the concatenation requantizes its input as it does
+    any other."""
     src = observer.args[0]
     if not (isinstance(src, torch.fx.Node) and passes(src)):
         return False
     while isinstance(src, torch.fx.Node) and passes(src):
         src = src.args[0]
-    if not (isinstance(src, torch.fx.Node) and _is_observer(src)):
-        return False  # the input was not quantized (its observer is gone)
-    return any(n.op == "call_function" and KIND_OF.get(n.target) is OpKind.CAT
-               for user in observer.users for n in _users_through(user))
-
-
-def _users_through(node: torch.fx.Node, depth: int = 0) -> list[torch.fx.Node]:
-    """``node``, or the first nodes past it that are not value-preserving ops or observers."""
-    if depth < 16 and (_is_observer(node) or passes(node)):
-        return [n for user in node.users for n in _users_through(user, depth + 1)]
-    return [node]
+    return isinstance(src, torch.fx.Node) and _is_observer(src)  # else its observer is gone: not quantized
 
 
 def observer_edge(node: torch.fx.Node) -> tuple[set[str], set[str]] | None:

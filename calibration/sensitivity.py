@@ -124,13 +124,14 @@ GUARD_RATIO = 2.0
 GUARD_MIN = 0.01
 
 
-def guard_kinds(sim: Simulator, policy: QuantPolicy) -> dict:
-    """Keep float the op kinds that multiply the plan's error (see the module's docstring); returns the
-    figures the manifest records: ``{"weighted_only_drift", "plan_drift", "kinds": [{"kind", "drift"}]}``.
-    One extra forward pass when the plan is within ``GUARD_RATIO`` of the weighted ops' drift; one per kind
-    the target runs in int8 otherwise. A layer that holds a guarded kind and no weighted op goes float."""
+def guard_kinds(sim: Simulator, policy: QuantPolicy, plan_sqnr: float) -> dict:
+    """Keep float the op kinds that multiply the plan's error (see the module's docstring); ``plan_sqnr``: the
+    plan's own, :meth:`Simulator.plan_sqnr`. Returns the figures the manifest records:
+    ``{"weighted_only_drift", "plan_drift", "kinds": [{"kind", "drift"}]}``. One extra forward pass when the
+    plan is within ``GUARD_RATIO`` of the weighted ops' drift; one per kind the target runs in int8 otherwise.
+    A layer that holds a guarded kind and no weighted op goes float."""
     base = drift_of(sim.candidate_sqnr(replace(policy, float_kinds=UNWEIGHTED | policy.float_kinds)))
-    plan = drift_of(sim.candidate_sqnr(policy))
+    plan = drift_of(plan_sqnr)
     out = {"weighted_only_drift": round(base, 5), "plan_drift": round(plan, 5), "kinds": []}
     if plan <= GUARD_RATIO * base or plan - base <= GUARD_MIN:
         return out

@@ -166,8 +166,9 @@ def quantize_for_target(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     latency = req.optimize_for is Optimize.LATENCY
     if cal.held_out is not None:
         sim = Simulator(cal, cal.held_out, policy)
-        measured["all_int8_sqnr_db"] = _db(sim.plan_sqnr())
-        guard = guard_kinds(sim, policy)
+        planned = sim.plan_sqnr()
+        measured["all_int8_sqnr_db"] = _db(planned)
+        guard = guard_kinds(sim, policy, planned)
         measured["kind_guard"] = guard
         if guard["kinds"]:
             raised = ", ".join(f"{e['drift']:.4f} ({e['kind']})" for e in guard["kinds"])

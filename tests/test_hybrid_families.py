@@ -172,7 +172,7 @@ def test_kind_guard_keeps_float_only_the_kinds_that_multiply_the_error(outlier):
     cal = calibrate(capture(model, batches[0][:1]), batches, holdout=4)
     policy = get_exporter("onnx").quant_policy
     sim = Simulator(cal, cal.held_out, policy)
-    guard = guard_kinds(sim, policy)
+    guard = guard_kinds(sim, policy, sim.plan_sqnr())
     after = drift_of(sim.candidate_sqnr(policy))
     floated = [layer for layer in cal.layers.values() if layer.precision == "float"]
     if outlier is None:
