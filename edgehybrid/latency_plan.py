@@ -6,8 +6,11 @@ holds at the sizes it was measured on, and not everywhere: at 64x64 the quantize
 ops can cost more than the int8 kernels save. With ``--optimize latency`` the plan is measured instead:
 
 1. a few whole-model candidates are built from the one calibration (:func:`candidates`): the target's own
-   policy, only the weighted ops in int8, weighted ops and matmuls, every kind, and the target's policy with
-   the light layers (under 2% of the MACs each) in float;
+   policy, only the weighted ops in int8, weighted ops and matmuls, every kind, the target's policy with
+   the light layers (under 2% of the MACs each) in float, and the target's policy with the convolutional stem
+   in float (the layers before the first linear, matmul or normalization: a hybrid's high-resolution part,
+   where at 64x64 ONNX Runtime's int8 convolutions save nothing and the int8 SiLU takes two kernels to
+   float's one);
 2. each is scored for drift on the held-out samples (the simulator, one forward pass each) and exported to the
    target; the FP32 model is exported too;
 3. all of them are timed side by side in one process on the target's runtime, with the export's thread count,
@@ -40,6 +43,8 @@ from edgehybrid.profiling.probe import ROUND_S, ROUNDS, time_side_by_side  # noq
 
 #: a layer under this share of the model's MACs is "light": its int8 kernel saves less than its Q/DQ costs
 LIGHT_SHARE = 0.02
+#: the kinds that end a convolutional stem: a hybrid's token mixing and its normalization
+STEM_ENDS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.LAYER_NORM})
 #: without --max-drift, a candidate may drift this much more than the target's own plan (simulator noise)
 NOISE = 1.10
 #: where the candidates are timed when no --device is given
@@ -97,12 +102,27 @@ def candidates(layers: dict, policy: QuantPolicy) -> list[Candidate]:
     if light and len(light) < len(int8):
         out.append(Candidate(f"heavy layers only (layers under {LIGHT_SHARE:.0%} of the MACs in float)", policy,
                              light))
+    stem = conv_stem(layers)
+    if stem and len(stem) < len(int8):
+        out.append(Candidate("conv stem in float (layers before the first linear/matmul/norm)", policy, stem))
     seen, unique = set(), []
     for cand in out:
         if cand.key() not in seen:
             seen.add(cand.key())
             unique.append(cand)
     return unique
+
+
+def conv_stem(layers: dict) -> frozenset[str]:
+    """The int8 layers (in graph order) before the first layer holding a :data:`STEM_ENDS` kind: empty for a
+    model that starts with one (a ViT's patch embedding is a convolution, then normalization)."""
+    stem = []
+    for name, layer in layers.items():
+        if STEM_ENDS & set(layer.kinds):
+            return frozenset(stem)
+        if layer.precision == "int8":
+            stem.append(name)
+    return frozenset()  # a convolutional network: no hybrid's stem to separate
 
 
 @dataclass

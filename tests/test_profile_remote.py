@@ -385,7 +385,7 @@ def test_optimize_latency_times_the_candidate_plans_on_the_device(sshd, tmp_path
                                  options=ExportOptions(precision=Precision.INT8)), log=lines.append)
     search = m["quantization"]["latency_search"]
     assert search["device"] == sshd.device.url and search["runtime"] == "onnxruntime"
-    assert len(search["candidates"]) == 5 and all(r["p50_ms"] > 0 for r in search["candidates"])
+    assert len(search["candidates"]) == 6 and all(r["p50_ms"] > 0 for r in search["candidates"])
     assert search["fp32_ms"] > 0 and m["validation"]["passed"]
     assert leftovers(sshd) == []
     # --sensitivity's per-layer times come from the profiler here, and say so rather than pass for the device's
