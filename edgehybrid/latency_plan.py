@@ -104,7 +104,7 @@ def candidates(layers: dict, policy: QuantPolicy) -> list[Candidate]:
                              light))
     stem = conv_stem(layers)
     if stem and len(stem) < len(int8):
-        out.append(Candidate("conv stem in float (layers before the first linear/matmul/norm)", policy, stem))
+        out.append(Candidate("conv stem in float (before the first linear/matmul/norm)", policy, stem))
     seen, unique = set(), []
     for cand in out:
         if cand.key() not in seen:
