@@ -8,8 +8,8 @@ ExecuTorch's documented recipe (``XNNPACKQuantizer``, default symmetric per-chan
 images) on the ExecuTorch runtime with XNNPACK. Latency is the median over several
 alternating rounds (each round: every artifact, warm-up then timed runs), of the fastest of ``--sessions``
 sessions per artifact, because ONNX Runtime sessions of one file in one process settle on small VMs at levels
-up to 1.5x apart (``mobilevit_xxs.cifar10`` FP32: 0.97 and 1.42 ms, interleaved). Drift: each INT8 artifact against FP32 on held-out
-real inputs. A zoo name runs at its own full size with seeded random weights, calibrated on the bundled
+up to 1.5x apart (``mobilevit_xxs.cifar10`` FP32: 0.97 and 1.42 ms, interleaved). Drift: each INT8 artifact
+against FP32 on held-out real inputs. A zoo name runs at its own full size with seeded random weights, calibrated on the bundled
 calibration photos, drift on the separate bundled sample photos; a trained fixture (``mobilevit_xxs.cifar10``)
 runs at its own input size with its weights, calibrated on its own bundled calibration images, drift on
 ``--held-out`` of its own validation images (evenly over the classes).
@@ -175,6 +175,16 @@ def latency(sessions: dict, runs: int, rounds: int) -> dict[str, float]:
     return {k: min(float(np.median(v)) for v in per) for k, per in medians.items()}
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number of 1 or more, e.g. 3 (got {text!r})")
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mobilevit_s", "efficientformer_l1"])
@@ -182,7 +192,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--sessions", type=int, default=3, help="sessions per artifact; its figure is the fastest's")
+    p.add_argument("--sessions", type=_at_least_one, default=3,
+                   help="sessions per artifact; its figure is the fastest's")
     p.add_argument("--calib-size", type=int, default=32)
     p.add_argument("--held-out", type=int, default=100, help="a trained fixture's validation images for drift")
     p.add_argument("--max-drift", type=float, default=None, help="also export each target's plan at this budget")
