@@ -101,9 +101,9 @@ class Int8Request:
 @dataclass
 class Trials:
     """What a latency search needs from the export around it (``--optimize latency``): ``export(graph, folder,
-    int8)`` writes an artifact of ``graph`` for the target; ``time_all({name: artifact})`` times them side by
-    side on the target's runtime, on ``where`` (this machine or a device); ``fp32_graph`` is the model as FP32
-    exports it."""
+    int8)`` writes an artifact of ``graph`` for the target; ``time_all({name: artifact}, threads)`` times them
+    side by side on the target's runtime with that many threads, on ``where`` (this machine or a device);
+    ``fp32_graph`` is the model as FP32 exports it."""
 
     export: Callable
     time_all: Callable
@@ -111,6 +111,8 @@ class Trials:
     runtime: str
     threads: int
     where: str = HERE
+    #: whether sessions can be timed at fewer threads in the same process (not ExecuTorch's one pool)
+    vary_threads: bool = True
 
 
 @dataclass
@@ -230,7 +232,8 @@ def _latency_search(cal, sim: Simulator, policy, trials: Trials | None, max_drif
     choice = search(candidates(cal.layers, policy),
                     lambda c: drift_of(sim.candidate_sqnr(c.policy, c.float_layers)),
                     lambda c: finalize(cal, c.policy, c.float_layers), trials.export, trials.fp32_graph,
-                    trials.time_all, max_drift, trials.runtime, trials.threads, log, trials.where)
+                    trials.time_all, max_drift, trials.runtime, trials.threads, log, trials.where,
+                    trials.vary_threads)
     chosen = choice.candidate
     share = next(r["vs_fp32"] for r in choice.report["candidates"] if r["plan"] == chosen.name)
     for name in chosen.float_layers:

@@ -23,6 +23,12 @@ ops can cost more than the int8 kernels save. With ``--optimize latency`` the pl
 
 When no candidate beats FP32 the log says so in one plain sentence and the manifest records
 ``int8_faster_than_fp32: false``: the artifact is still INT8 (smaller), and never reported as a speed-up.
+
+5. with more than one thread, FP32 and the chosen plan are timed again, side by side, at fewer threads
+   (:func:`fewer_threads`): a model this small can run faster on fewer. ONNX Runtime's int8 kernels on 64x64
+   inputs gain nothing from a second thread while its float kernels do, so INT8 and FP32 tie at 2 threads and
+   INT8 leads at 1. The figures are recorded (``fewer_threads``), and the verdict names the fastest setting
+   when it uses fewer threads than asked; ``int8_faster_than_fp32`` stays the comparison at the asked count.
 A search costs one export and a few seconds of timing per candidate, so it is an option, not the default.
 """
 
@@ -49,6 +55,14 @@ STEM_ENDS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.LAYER_NORM})
 NOISE = 1.10
 #: where the candidates are timed when no --device is given
 HERE = "this machine"
+#: a setting at fewer threads is named the fastest only when it beats the asked count's best by this factor: the
+#: two are timed seconds apart, not in the same rounds
+MARGIN = 1.03
+
+
+def fewer_threads(threads: int) -> list[int]:
+    """The thread counts below ``threads`` a search also times FP32 and its chosen plan at: half, and one."""
+    return sorted({1, threads // 2} - {threads}, reverse=True) if threads > 1 else []
 
 
 class Optimize(str, enum.Enum):
@@ -135,12 +149,13 @@ class Choice:
 
 def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: Callable[[Candidate], object],
            export: Callable[[object, Path], object], fp32_graph,
-           time_all: Callable[[dict[str, object]], dict[str, dict]], budget: float | None, runtime: str,
-           threads: int, log: Callable[[str], None], where: str = HERE) -> Choice:
+           time_all: Callable[[dict[str, object], int], dict[str, dict]], budget: float | None, runtime: str,
+           threads: int, log: Callable[[str], None], where: str = HERE, vary_threads: bool = True) -> Choice:
     """Measure every candidate and choose. ``drift(c)``: its drift on held-out samples; ``build(c)``: its
-    quantized graph; ``export(graph, folder, int8)``: an artifact on the target; ``time_all({name: artifact})``:
-    every artifact's ``{"ms", "spread"}`` timed side by side (here, or on a device: ``where``). ``budget`` None:
-    the first candidate's drift plus noise."""
+    quantized graph; ``export(graph, folder, int8)``: an artifact on the target; ``time_all({name: artifact},
+    threads)``: every artifact's ``{"ms", "spread"}`` timed side by side with that many threads (here, or on a
+    device: ``where``). ``budget`` None: the first candidate's drift plus noise. ``vary_threads`` False: the
+    runtime keeps one thread pool per process (ExecuTorch), so nothing is timed at fewer threads."""
     drifts = {c.name: drift(c) for c in cands}
     limit = budget if budget is not None else drifts[cands[0].name] * NOISE + 1e-4
     artifacts, sizes, refused = {}, {}, []
@@ -162,14 +177,14 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
         cands = [c for c in cands if c.name in artifacts]
         log(f"timing {len(cands)} INT8 plans against FP32 on {runtime} on {where} ({threads} threads, {ROUNDS} "
             "alternating rounds)")
-        timed = time_all(artifacts)
+        timed = time_all(artifacts, threads)
+        rows, best = _rank(cands, timed, drifts, sizes, limit)
+        fewer = []
+        for count in fewer_threads(threads) if vary_threads else []:
+            at = time_all({"FP32": artifacts["FP32"], best["plan"]: artifacts[best["plan"]]}, count)
+            fewer.append({"threads": count, "fp32_ms": at["FP32"]["ms"], "int8_ms": at[best["plan"]]["ms"],
+                          "vs_fp32": round(at["FP32"]["ms"] / at[best["plan"]]["ms"], 3)})
     fp32_ms = timed["FP32"]["ms"]
-    rows = [{"plan": c.name, "float_kinds": c.policy.float_kind_names(), "float_layers": len(c.float_layers),
-             "p50_ms": timed[c.name]["ms"], "spread": timed[c.name]["spread"],
-             "vs_fp32": round(fp32_ms / timed[c.name]["ms"], 3), "drift": round(drifts[c.name], 5),
-             "within_budget": drifts[c.name] <= limit, "size_bytes": sizes[c.name]} for c in cands]
-    eligible = [r for r in rows if r["within_budget"]] or [min(rows, key=lambda r: r["drift"])]
-    best = min(eligible, key=lambda r: r["p50_ms"])
     chosen = next(c for c in cands if c.name == best["plan"])
     faster = best["p50_ms"] < fp32_ms
     report = {"runtime": runtime, "device": where, "threads": threads, "rounds": ROUNDS,
@@ -177,28 +192,66 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
               "fp32_ms": fp32_ms, "fp32_size_bytes": sizes["FP32"], "drift_budget": round(limit, 5),
               "budget_from": "--max-drift" if budget is not None else "the target's own plan (+10% noise)",
               "candidates": rows, "not_convertible": refused, "chosen": chosen.name,
-              "int8_faster_than_fp32": faster}
+              "int8_faster_than_fp32": faster, "fewer_threads": fewer, "fastest": _fastest(best, fp32_ms, threads,
+                                                                                            fewer)}
     for r in rows:
         log(f"  {r['plan']:<60s} {r['p50_ms']:8.3f} ms  {r['vs_fp32']:5.2f}x FP32  drift {r['drift']:.4f}"
             + ("" if r["within_budget"] else "  (over budget)"))
+    for f in fewer:
+        log(f"  with {_threads(f['threads'])}: FP32 {f['fp32_ms']:.3f} ms, '{best['plan']}' {f['int8_ms']:.3f} ms "
+            f"({f['vs_fp32']:.2f}x FP32)")
     log(verdict(report))
     return Choice(chosen, report)
+
+
+def _rank(cands: list[Candidate], timed: dict, drifts: dict, sizes: dict, limit: float):
+    """Every candidate's row, and the fastest within the budget (or, if none is, the least drifting)."""
+    fp32_ms = timed["FP32"]["ms"]
+    rows = [{"plan": c.name, "float_kinds": c.policy.float_kind_names(), "float_layers": len(c.float_layers),
+             "p50_ms": timed[c.name]["ms"], "spread": timed[c.name]["spread"],
+             "vs_fp32": round(fp32_ms / timed[c.name]["ms"], 3), "drift": round(drifts[c.name], 5),
+             "within_budget": drifts[c.name] <= limit, "size_bytes": sizes[c.name]} for c in cands]
+    eligible = [r for r in rows if r["within_budget"]] or [min(rows, key=lambda r: r["drift"])]
+    return rows, min(eligible, key=lambda r: r["p50_ms"])
+
+
+def _fastest(best: dict, fp32_ms: float, threads: int, fewer: list[dict]) -> dict:
+    """The fastest (precision, threads) setting measured: the asked count's, unless one at fewer threads beats it
+    by :data:`MARGIN`."""
+    top = min([("int8", threads, best["p50_ms"]), ("fp32", threads, fp32_ms)], key=lambda s: s[2])
+    others = [(p, f["threads"], ms) for f in fewer for p, ms in (("int8", f["int8_ms"]), ("fp32", f["fp32_ms"]))]
+    if others and min(s[2] for s in others) * MARGIN < top[2]:
+        top = min(others, key=lambda s: s[2])
+    return {"precision": top[0], "threads": top[1], "ms": top[2]}
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 def verdict(report: dict) -> str:
     """The search's result in one plain sentence: what was chosen and whether INT8 is faster here at all."""
     best = next(r for r in report["candidates"] if r["plan"] == report["chosen"])
     device = report.get("device", HERE)
-    where = (f"on {report['runtime']}{'' if device == HERE else ' on ' + device} with "
-             f"{report['threads']} thread{'s' if report['threads'] != 1 else ''}")
+    where = f"on {report['runtime']}{'' if device == HERE else ' on ' + device} with {_threads(report['threads'])}"
+    fastest = report.get("fastest") or {"threads": report["threads"]}
+    fewer = fastest["threads"] < report["threads"]
+    if fewer:  # a smaller thread count beat every setting at the asked one
+        at = next(f for f in report["fewer_threads"] if f["threads"] == fastest["threads"])
+        fewer_text = (f"Fastest here: {fastest['precision'].upper()} with {_threads(fastest['threads'])}, "
+                      f"{fastest['ms']:.3f} ms (INT8 {at['vs_fp32']:.2f}x FP32 at that count): this model is too "
+                      f"small for {report['runtime']} to gain from {_threads(report['threads'])}")
     if report["int8_faster_than_fp32"]:
         return (f"chose '{best['plan']}': {best['vs_fp32']:.2f}x FP32's speed {where} ({best['p50_ms']:.3f} vs "
-                f"{report['fp32_ms']:.3f} ms), drift {best['drift']:.4f}")
+                f"{report['fp32_ms']:.3f} ms), drift {best['drift']:.4f}" + (f". {fewer_text}" if fewer else ""))
     sizes = f"{best['size_bytes'] / 1e6:.2f} vs {report['fp32_size_bytes'] / 1e6:.2f} MB"
-    size = (f"The INT8 artifact is written for its size ({sizes}); for speed here, ship FP32"
+    ship = ("ship FP32" if not fewer else f"run {fastest['precision'].upper()} with "
+            f"{_threads(fastest['threads'])} ({fastest['ms']:.3f} ms, INT8 {at['vs_fp32']:.2f}x FP32 at that count: "
+            f"this model is too small for {report['runtime']} to gain from {_threads(report['threads'])})")
+    size = (f"The INT8 artifact is written for its size ({sizes}); for speed here, {ship}"
             if best["size_bytes"] < report["fp32_size_bytes"] else
             f"It is not smaller either ({sizes}: on a model this small the quantization parameters outweigh the "
-            "int8 weights): ship FP32")
+            f"int8 weights): {ship if fewer else 'ship FP32'}")
     return (f"no INT8 plan is faster than FP32 {where}: the fastest within the drift budget, '{best['plan']}', "
             f"runs at {best['vs_fp32']:.2f}x FP32's speed ({best['p50_ms']:.3f} vs {report['fp32_ms']:.3f} ms). "
             + size)

@@ -326,7 +326,7 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
     into ``scratch`` (alive for the whole export): the search times it, and ``--sensitivity`` profiles it."""
     from edgehybrid.latency_plan import time_side_by_side
     from edgehybrid.profiling.remote import time_side_by_side_remote
-    from edgehybrid.runtimes import open_session
+    from edgehybrid.runtimes import get_runtime, open_session
 
     options = req.options
     pre = spec.preprocessing
@@ -346,26 +346,28 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
             fp32.append(artifact)
         return artifact
 
-    def time_here(artifacts: dict) -> dict:
+    def time_here(artifacts: dict, threads: int) -> dict:
         runs = {}
         for name, artifact in artifacts.items():
-            session = open_session(req.target, artifact.path, req.threads).session
+            session = open_session(req.target, artifact.path, threads).session
             feeds = {artifact.inputs[0].name: feed_for(artifact.inputs[0], example.numpy())}
             runs[name] = functools.partial(session.run, feeds)
         return time_side_by_side(runs)
 
     int8 = req.int8 or Int8Request()
     device = int8.ssh_device
+    vary = get_runtime(exporter.target.runtime).threads_per_session
     if device is None:
-        return Trials(export, time_here, fp32_graph, exporter.target.runtime, req.threads)
+        return Trials(export, time_here, fp32_graph, exporter.target.runtime, req.threads, vary_threads=vary)
 
-    def time_there(artifacts: dict) -> dict:
+    def time_there(artifacts: dict, threads: int) -> dict:
         paths = {name: artifact.path for name, artifact in artifacts.items()}
-        return time_side_by_side_remote(device, paths, exporter.target.runtime, req.threads,
+        return time_side_by_side_remote(device, paths, exporter.target.runtime, threads,
                                         python=int8.device_python, identity=int8.identity,
                                         ssh_options=list(int8.ssh_options))
 
-    return Trials(export, time_there, fp32_graph, exporter.target.runtime, req.threads, where=device.url)
+    return Trials(export, time_there, fp32_graph, exporter.target.runtime, req.threads, where=device.url,
+                  vary_threads=vary)
 
 
 def _validation_inputs(req: ExportRequest) -> list[Path]:

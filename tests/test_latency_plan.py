@@ -18,8 +18,10 @@ from edgehybrid.latency_plan import (
     LIGHT_SHARE,
     STEM_ENDS,
     Optimize,
+    _fastest,
     candidates,
     conv_stem,
+    fewer_threads,
     time_side_by_side,
     verdict,
 )
@@ -91,6 +93,33 @@ def test_verdict_never_calls_a_slower_int8_plan_a_speed_up():
     assert text.startswith("chose 'every kind': 1.50x FP32's speed")
 
 
+def test_fewer_threads_are_timed_and_named_only_when_they_win_by_the_margin():
+    assert fewer_threads(1) == [] and fewer_threads(2) == [1] and fewer_threads(4) == [2, 1]
+    assert fewer_threads(8) == [4, 1] and fewer_threads(3) == [1]
+    best = {"plan": "every kind", "p50_ms": 0.84, "vs_fp32": 0.95, "drift": 0.01, "size_bytes": 2_000_000}
+    # 64x64 on ONNX Runtime: INT8 ties FP32 at 2 threads and leads at 1, where it is the fastest setting of all
+    fewer = [{"threads": 1, "fp32_ms": 0.76, "int8_ms": 0.73, "vs_fp32": 1.04}]
+    assert _fastest(best, 0.80, 2, fewer) == {"precision": "int8", "threads": 1, "ms": 0.73}
+    # within the margin (the two counts are timed seconds apart) the asked count stays the fastest
+    assert _fastest(best, 0.80, 2, [{**fewer[0], "int8_ms": 0.79, "fp32_ms": 0.81}])["threads"] == 2
+    assert _fastest(best, 0.80, 2, []) == {"precision": "fp32", "threads": 2, "ms": 0.80}
+    report = {"candidates": [best], "chosen": "every kind", "runtime": "onnxruntime", "threads": 2, "fp32_ms": 0.80,
+              "fp32_size_bytes": 2_600_000, "int8_faster_than_fp32": False, "fewer_threads": fewer,
+              "fastest": _fastest(best, 0.80, 2, fewer)}
+    text = verdict(report)
+    assert text.startswith("no INT8 plan is faster than FP32 on onnxruntime with 2 threads")
+    assert "for speed here, run INT8 with 1 thread (0.730 ms, INT8 1.04x FP32 at that count" in text
+    assert "ship FP32" not in text
+    # FP32 at 1 thread the fastest: said, and FP32 is what to ship
+    fp32_wins = [{"threads": 1, "fp32_ms": 0.70, "int8_ms": 0.75, "vs_fp32": 0.93}]
+    text = verdict({**report, "fewer_threads": fp32_wins, "fastest": _fastest(best, 0.80, 2, fp32_wins)})
+    assert "run FP32 with 1 thread (0.700 ms" in text
+    faster = {**best, "p50_ms": 0.70, "vs_fp32": 1.14}
+    text = verdict({**report, "candidates": [faster], "int8_faster_than_fp32": True,
+                    "fastest": _fastest(faster, 0.80, 2, [{**fewer[0], "int8_ms": 0.60}])})
+    assert text.startswith("chose 'every kind': 1.14x FP32's speed") and "Fastest here: INT8 with 1 thread" in text
+
+
 def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_path, monkeypatch):
     # a small hybrid of the user's own (conv stem, attention, MLP, 16 layers): seven real exports and timings on
     # ONNX Runtime in 25 s; the fixture takes 3 min (the --max-drift variant below runs on it, with --runslow)
@@ -124,6 +153,12 @@ def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_pa
     assert chosen["p50_ms"] == min(r["p50_ms"] for r in rows if r["within_budget"])
     assert search["int8_faster_than_fp32"] == (chosen["p50_ms"] < search["fp32_ms"])
     assert chosen["vs_fp32"] == pytest.approx(search["fp32_ms"] / chosen["p50_ms"], rel=1e-2)
+    # FP32 and the chosen plan timed again with 1 thread; the fastest setting is one of the measured figures
+    (one,) = search["fewer_threads"]
+    assert one["threads"] == 1 and one["fp32_ms"] > 0 and one["int8_ms"] > 0
+    fastest = search["fastest"]
+    assert fastest["ms"] == min(chosen["p50_ms"], search["fp32_ms"], one["fp32_ms"], one["int8_ms"]) or (
+        fastest["threads"] == 2 and fastest["ms"] == min(chosen["p50_ms"], search["fp32_ms"]))
     # the plan the manifest describes is the chosen one: its extra float layers are said, with the reason
     by_search = [r for r in quant["layers"] if "--optimize latency" in r["reason"]]
     assert len(by_search) == chosen["float_layers"]

@@ -387,6 +387,8 @@ def test_optimize_latency_times_the_candidate_plans_on_the_device(sshd, tmp_path
     assert search["device"] == sshd.device.url and search["runtime"] == "onnxruntime"
     assert len(search["candidates"]) == 6 and all(r["p50_ms"] > 0 for r in search["candidates"])
     assert search["fp32_ms"] > 0 and m["validation"]["passed"]
+    # timed again with 1 thread on the device, in a second probe
+    assert [f["threads"] for f in search["fewer_threads"]] == [1] and search["fewer_threads"][0]["int8_ms"] > 0
     assert leftovers(sshd) == []
     # --sensitivity's per-layer times come from the profiler here, and say so rather than pass for the device's
     assert m["quantization"]["layer_latency"]["measured_on"] == "this machine"

@@ -34,6 +34,9 @@ class Session(Protocol):
 class Runtime(Protocol):
     name: str
     extra: str
+    #: whether a loaded session runs with its own thread count (False: one pool per process, sized by the first
+    #: load, or no thread count at all)
+    threads_per_session: bool
 
     def load(self, artifact: Path, threads: int = 2) -> Session: ...
 

@@ -81,6 +81,7 @@ class CoreMLRuntime:
 
     name = "coreml"
     extra = "coreml"
+    threads_per_session = False  # Core ML schedules its compute units itself
 
     def __init__(self, compute_units: str = "ALL"):
         if compute_units not in COMPUTE_UNITS:

@@ -111,6 +111,7 @@ class ExecuTorchSession:
 class ExecuTorchRuntime:
     name = "executorch"
     extra = "executorch"
+    threads_per_session = False  # one thread pool per process, sized by the first load
 
     def load(self, artifact: Path, threads: int = 2) -> ExecuTorchSession:
         return ExecuTorchSession(Path(artifact), threads)

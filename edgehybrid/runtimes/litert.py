@@ -174,6 +174,7 @@ class LiteRTRuntime:
 
     name = "litert"
     extra = EXTRA
+    threads_per_session = True
 
     kernels = KERNELS
 

@@ -100,6 +100,7 @@ class OnnxRuntime:
 
     name = "onnxruntime"
     extra = "onnx"
+    threads_per_session = True
 
     kernels = KERNELS
 
