@@ -192,8 +192,8 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
               "fp32_ms": fp32_ms, "fp32_size_bytes": sizes["FP32"], "drift_budget": round(limit, 5),
               "budget_from": "--max-drift" if budget is not None else "the target's own plan (+10% noise)",
               "candidates": rows, "not_convertible": refused, "chosen": chosen.name,
-              "int8_faster_than_fp32": faster, "fewer_threads": fewer, "fastest": _fastest(best, fp32_ms, threads,
-                                                                                            fewer)}
+              "int8_faster_than_fp32": faster, "fewer_threads": fewer,
+              "fastest": _fastest(best, fp32_ms, threads, fewer)}
     for r in rows:
         log(f"  {r['plan']:<60s} {r['p50_ms']:8.3f} ms  {r['vs_fp32']:5.2f}x FP32  drift {r['drift']:.4f}"
             + ("" if r["within_budget"] else "  (over budget)"))
