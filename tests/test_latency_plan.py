@@ -186,3 +186,31 @@ def test_optimize_latency_needs_held_out_samples(cli, tmp_path):
                           "--calib-size", "2", "--out", str(tmp_path / "o"))
     assert code == 2 and "need held-out samples" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("vary", "counts"), [(True, [4, 2, 1]), (False, [4])])
+def test_fewer_threads_are_timed_only_where_a_session_keeps_its_own_count(vary, counts):
+    # ExecuTorch sizes one thread pool per process at the first load, and Core ML has no thread count: timing
+    # them "at 1 thread" in the same process would time the asked count again under another name
+    from edgehybrid.latency_plan import Candidate, search
+    from edgehybrid.runtimes import get_runtime
+
+    assert get_runtime("onnxruntime").threads_per_session and get_runtime("litert").threads_per_session
+    assert not get_runtime("executorch").threads_per_session and not get_runtime("coreml").threads_per_session
+
+    class Artifact:
+        def __init__(self, path):
+            path.write_bytes(b"x" * 10)
+            self.path = path
+
+    asked = []
+
+    def time_all(artifacts, threads):  # a fixed cost per artifact: this checks which counts are asked for
+        asked.append(threads)
+        return {name: {"ms": 1.0 if name == "FP32" else 0.9, "spread": 1.0} for name in artifacts}
+
+    plan = Candidate("target's plan", QuantPolicy())
+    choice = search([plan], lambda c: 0.01, lambda c: None, lambda g, folder, int8: Artifact(folder), None,
+                    time_all, None, "onnxruntime", 4, lambda line: None, vary_threads=vary)
+    assert asked == counts
+    assert [f["threads"] for f in choice.report["fewer_threads"]] == counts[1:]
