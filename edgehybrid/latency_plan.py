@@ -170,7 +170,7 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
                     raise
                 # e.g. LiteRT's converter needs one scale across an int8 concatenation
                 refused.append({"plan": name, "error": str(exc).splitlines()[0][:300]})
-                log(f"  {name}: not convertible for this target, skipped ({refused[-1]['error'][:120]})")
+                log(f"  {name}: refused by the target's converter or runtime, skipped ({refused[-1]['error'][:120]})")
                 continue
             artifacts[name] = artifact
             sizes[name] = artifact_digest(artifact.path)[1]

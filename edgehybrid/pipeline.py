@@ -31,7 +31,7 @@ from calibration.preprocess import (
 from edgehybrid import layer_latency
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import top1_text
-from edgehybrid.errors import InputError
+from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError
 from edgehybrid.fsutil import (
     check_replaceable,
     move_into_place,
@@ -330,6 +330,8 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
 
     options = req.options
     pre = spec.preprocessing
+    quant = req.int8 or Int8Request()
+    device = quant.ssh_device
 
     fp32 = []
 
@@ -344,6 +346,13 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
         artifact = exporter.export(graph, example, spec, opts, folder / f"trial{exporter.suffix}")
         if not int8:
             fp32.append(artifact)
+        elif device is None:  # a program its runtime refuses (XNNPACK: "Failed to create static slice node") is
+            try:  # no candidate: the search records it beside the ones the converter refused
+                open_session(req.target, artifact.path, req.threads)
+            except EdgeHybridError as exc:
+                if isinstance(exc, MissingBackendError):
+                    raise
+                raise EdgeHybridError(f"{exporter.target.runtime} cannot load it: {exc}") from exc
         return artifact
 
     def time_here(artifacts: dict, threads: int) -> dict:
@@ -354,8 +363,6 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
             runs[name] = functools.partial(session.run, feeds)
         return time_side_by_side(runs)
 
-    int8 = req.int8 or Int8Request()
-    device = int8.ssh_device
     vary = get_runtime(exporter.target.runtime).threads_per_session
     if device is None:
         return Trials(export, time_here, fp32_graph, exporter.target.runtime, req.threads, vary_threads=vary)
@@ -363,8 +370,8 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
     def time_there(artifacts: dict, threads: int) -> dict:
         paths = {name: artifact.path for name, artifact in artifacts.items()}
         return time_side_by_side_remote(device, paths, exporter.target.runtime, threads,
-                                        python=int8.device_python, identity=int8.identity,
-                                        ssh_options=list(int8.ssh_options))
+                                        python=quant.device_python, identity=quant.identity,
+                                        ssh_options=list(quant.ssh_options))
 
     return Trials(export, time_there, fp32_graph, exporter.target.runtime, req.threads, where=device.url,
                   vary_threads=vary)
