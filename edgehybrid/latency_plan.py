@@ -15,8 +15,8 @@ ops can cost more than the int8 kernels save. With ``--optimize latency`` the pl
    target; the FP32 model is exported too;
 3. all of them are timed side by side in one process on the target's runtime, with the export's thread count,
    in alternating rounds (:func:`time_side_by_side`: the minimum of round medians, which a burst cannot lower);
-   A candidate the target's converter refuses (LiteRT's needs one scale across an int8 concatenation) is
-   recorded and skipped;
+   A candidate the target's converter refuses (LiteRT's needs one scale across an int8 concatenation), or
+   whose program its runtime will not load (XNNPACK under ExecuTorch), is recorded and skipped;
 4. the fastest candidate within the budget wins. The budget is ``--max-drift`` when given, and otherwise the
    target's own plan's drift (plus 10%, the simulator's run-to-run noise on 8 samples): latency mode never
    buys speed with fidelity nobody offered.
