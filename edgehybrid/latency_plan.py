@@ -235,23 +235,22 @@ def verdict(report: dict) -> str:
     device = report.get("device", HERE)
     where = f"on {report['runtime']}{'' if device == HERE else ' on ' + device} with {_threads(report['threads'])}"
     fastest = report.get("fastest") or {"threads": report["threads"]}
-    fewer = fastest["threads"] < report["threads"]
-    if fewer:  # a smaller thread count beat every setting at the asked one
+    fewer = fastest["threads"] < report["threads"]  # a smaller thread count beat every setting at the asked one
+    if fewer:
         at = next(f for f in report["fewer_threads"] if f["threads"] == fastest["threads"])
-        fewer_text = (f"Fastest here: {fastest['precision'].upper()} with {_threads(fastest['threads'])}, "
-                      f"{fastest['ms']:.3f} ms (INT8 {at['vs_fp32']:.2f}x FP32 at that count): this model is too "
-                      f"small for {report['runtime']} to gain from {_threads(report['threads'])}")
+        setting = (f"{fastest['precision'].upper()} with {_threads(fastest['threads'])} ({fastest['ms']:.3f} ms, INT8 "
+                   f"{at['vs_fp32']:.2f}x FP32 at that count: this model is too small for {report['runtime']} to gain "
+                   f"from {_threads(report['threads'])})")
     if report["int8_faster_than_fp32"]:
         return (f"chose '{best['plan']}': {best['vs_fp32']:.2f}x FP32's speed {where} ({best['p50_ms']:.3f} vs "
-                f"{report['fp32_ms']:.3f} ms), drift {best['drift']:.4f}" + (f". {fewer_text}" if fewer else ""))
+                f"{report['fp32_ms']:.3f} ms), drift {best['drift']:.4f}"
+                + (f". Fastest here: {setting}" if fewer else ""))
     sizes = f"{best['size_bytes'] / 1e6:.2f} vs {report['fp32_size_bytes'] / 1e6:.2f} MB"
-    ship = ("ship FP32" if not fewer else f"run {fastest['precision'].upper()} with "
-            f"{_threads(fastest['threads'])} ({fastest['ms']:.3f} ms, INT8 {at['vs_fp32']:.2f}x FP32 at that count: "
-            f"this model is too small for {report['runtime']} to gain from {_threads(report['threads'])})")
+    ship = f"run {setting}" if fewer else "ship FP32"
     size = (f"The INT8 artifact is written for its size ({sizes}); for speed here, {ship}"
             if best["size_bytes"] < report["fp32_size_bytes"] else
             f"It is not smaller either ({sizes}: on a model this small the quantization parameters outweigh the "
-            f"int8 weights): {ship if fewer else 'ship FP32'}")
+            f"int8 weights): {ship}")
     return (f"no INT8 plan is faster than FP32 {where}: the fastest within the drift budget, '{best['plan']}', "
             f"runs at {best['vs_fp32']:.2f}x FP32's speed ({best['p50_ms']:.3f} vs {report['fp32_ms']:.3f} ms). "
             + size)
