@@ -334,6 +334,7 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
     device = quant.ssh_device
 
     fp32 = []
+    loaded = {}  # a candidate's session, opened once to check it loads, reused by the first timing at req.threads
 
     def export(graph: nn.Module, folder: Path, int8: bool):
         if not int8 and fp32:
@@ -348,7 +349,7 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
             fp32.append(artifact)
         elif device is None:  # a program its runtime refuses (XNNPACK: "Failed to create static slice node") is
             try:  # no candidate: the search records it beside the ones the converter refused
-                open_session(req.target, artifact.path, req.threads)
+                loaded[artifact.path] = open_session(req.target, artifact.path, req.threads).session
             except EdgeHybridError as exc:
                 if isinstance(exc, MissingBackendError):
                     raise
@@ -358,7 +359,8 @@ def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.
     def time_here(artifacts: dict, threads: int) -> dict:
         runs = {}
         for name, artifact in artifacts.items():
-            session = open_session(req.target, artifact.path, threads).session
+            session = loaded.pop(artifact.path, None) if threads == req.threads else None
+            session = session or open_session(req.target, artifact.path, threads).session
             feeds = {artifact.inputs[0].name: feed_for(artifact.inputs[0], example.numpy())}
             runs[name] = functools.partial(session.run, feeds)
         return time_side_by_side(runs)
