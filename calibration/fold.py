@@ -3,8 +3,10 @@
 * SiLU is split into ``x * sigmoid(x)``, because both halves have int8 kernels (ONNX Runtime QLinearSigmoid /
   QLinearMul, TFLite LOGISTIC / MUL) while a SiLU with quantized edges runs in float between a dequantize and
   a quantize: on ``mobilevit_s`` those islands cost half the INT8 latency.
-* Eval-mode BatchNorm and per-channel constant scales (LayerScale) are folded into the conv / linear before
-  them (:func:`fold_channel_scales`).
+* Eval-mode dropout is removed (:func:`drop_eval_dropout`): it is the identity, but as a node it hides what
+  follows from what precedes (a Conformer's ``0.5 * ffn(x)`` behind the feed-forward's dropout).
+* Eval-mode BatchNorm and per-channel or scalar constant scales (LayerScale, a Conformer's half-step
+  ``0.5 * ffn(x)``) are folded into the conv / linear before them (:func:`fold_channel_scales`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ def split_silu(model: nn.Module) -> nn.Module:
 
 _BN = _A.batch_norm.default
 _CONVS = (_A.conv2d.default, _A.conv1d.default)  # channels on axis 1 (a Conformer's depthwise conv is 1-D)
+
+
+def drop_eval_dropout(gm: torch.fx.GraphModule) -> int:
+    """Remove ``aten.dropout(x, p, train=False)`` (and ``p == 0``): the identity, which ``torch.export`` keeps
+    as a node. Left in, it stands between a linear and the multiply or add after it, so neither the folding
+    below nor the int8 rescale of ``x * c`` sees the linear. Returns how many were removed."""
+    dropped = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not _A.dropout.default:
+            continue
+        x, p, train = node.args[0], _arg(node, 1, "p"), _arg(node, 2, "train")
+        if train and p != 0:
+            continue
+        node.replace_all_uses_with(x)
+        gm.graph.erase_node(node)
+        dropped += 1
+    if dropped:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return dropped
+
+
+def _arg(node: torch.fx.Node, index: int, name: str):
+    return node.args[index] if len(node.args) > index else node.kwargs[name]
 
 
 def fold_channel_scales(gm: torch.fx.GraphModule) -> int:
@@ -94,12 +120,15 @@ def _bn_affine(gm, user: torch.fx.Node, prod: torch.fx.Node):
 
 
 def _scale_affine(gm, user: torch.fx.Node, prod: torch.fx.Node):
-    """(scale, 0) of ``prod * c`` / ``c * prod`` with ``c`` a constant of one value per output channel."""
+    """(scale, 0) of ``prod * c`` / ``c * prod`` with ``c`` a constant of one value per output channel, or a
+    Python number."""
     if user.target is not _A.mul.Tensor or len(user.args) != 2 or prod not in user.args:
         return None
     other = user.args[1] if user.args[0] is prod else user.args[0]
-    c = _constant(gm, other) if isinstance(other, torch.fx.Node) else None
     channels, out = _channels(prod), prod.meta["val"]
+    if isinstance(other, (int, float)) and not isinstance(other, bool) and channels is not None:
+        return torch.full((channels,), float(other), dtype=torch.float64), 0.0
+    c = _constant(gm, other) if isinstance(other, torch.fx.Node) else None
     if c is None or channels is None or c.dim() > out.dim():
         return None
     shape = [1] * (out.dim() - c.dim()) + list(c.shape)

@@ -31,7 +31,7 @@ from calibration.annotate import (
     make_quantizer,
     torchao,
 )
-from calibration.fold import fold_channel_scales, split_silu
+from calibration.fold import drop_eval_dropout, fold_channel_scales, split_silu
 from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, op_name, passes
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 
@@ -75,6 +75,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
         except Exception as exc:
             raise EdgeHybridError(f"torch.export could not capture the model for INT8 quantization: "
                                   f"{str(exc).splitlines()[0][:300]}") from exc
+    drop_eval_dropout(gm)
     fold_channel_scales(gm)
     return gm
 

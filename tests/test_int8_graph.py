@@ -125,3 +125,29 @@ def test_attention_keeps_its_split_and_query_scale_in_int8():
     simulated = sim._run(int8_nodes(cal.layers), set())
     assert torch.allclose(out, simulated, atol=1e-5)
     assert sim.plan_sqnr() > 25
+
+
+class _HalfStep(nn.Module):
+    """A Conformer's feed-forward half step: ``x + 0.5 * dropout(linear(x))``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.drop = nn.Linear(8, 8), nn.Dropout(0.1)
+
+    def forward(self, x):
+        return x + 0.5 * self.drop(self.fc(x))
+
+
+def test_capture_drops_eval_dropout_and_folds_a_constant_step_into_the_linear():
+    """The dropout torch.export keeps (the identity in eval) hid the linear from the ``* 0.5`` after it, which
+    then ran in float between a dequantize and a quantize on ONNX Runtime, 8 times in ``conformer_kws``."""
+    torch.manual_seed(0)
+    model = _HalfStep().eval()
+    x = torch.randn(1, 5, 8)
+    plain = torch.export.export(model, (x,)).module()
+    assert torch.ops.aten.dropout.default in {n.target for n in plain.graph.nodes}  # what capture must remove
+    gm = capture(model, x)
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.dropout.default not in ops and torch.ops.aten.mul.Tensor not in ops
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-6, atol=1e-6)
