@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 import torch
 
-from calibration.ops import TRAITS, OpKind, is_float_tensor, kind_of, layer_of, passes, tensor_inputs
+from calibration.ops import (FUSED, TRAITS, OpKind, fusable_activation, is_float_tensor, kind_of, layer_of, passes,
+                            tensor_inputs)
 from edgehybrid.errors import MissingBackendError, UnknownNameError
 
 
@@ -124,6 +125,8 @@ class _Annotator:
             kind, factor = kind_of(node), constant_factor(node)
             if factor is not None:
                 self._rescale(node, factor, QuantizationAnnotation, SharedQuantizationSpec)
+            elif layer_of(node) in self.int8_layers and self._fuse(node, act, QuantizationAnnotation):
+                continue
             elif kind is not None and layer_of(node) in self.int8_layers:
                 inputs = tensor_inputs(node, kind)
                 if not inputs:
@@ -161,6 +164,21 @@ class _Annotator:
         shared = shared_cls(src) if is_float_tensor(src) else ann.output_qspec
         node.meta["quantization_annotation"] = annotation_cls(input_qspec_map={src: shared}, output_qspec=shared,
                                                               _annotated=True)
+
+    @staticmethod
+    def _fuse(node: torch.fx.Node, act, annotation_cls) -> bool:
+        """A ReLU / ReLU6 after an int8 conv or linear that feeds only it: one quantize, after the activation
+        (the conv's own output is not observed). Every runtime fuses the clamp into the conv's int8 kernel;
+        quantized before it, ONNX Runtime requantizes between the two (two more kernels on the whole tensor)
+        and half of the conv's int8 range holds negatives the clamp throws away."""
+        src = fusable_activation(node)
+        ann = src.meta.get("quantization_annotation") if src is not None else None
+        if ann is None or ann.output_qspec is None:
+            return False
+        ann.output_qspec = None
+        node.meta["quantization_annotation"] = annotation_cls(input_qspec_map={}, output_qspec=act, _annotated=True)
+        node.meta[FUSED] = src.name
+        return True
 
     @staticmethod
     def _rescale(node: torch.fx.Node, factor: float, annotation_cls, shared_cls) -> None:

@@ -25,7 +25,7 @@ class OpKind(str, enum.Enum):
     SOFTMAX = "softmax"
     LAYER_NORM = "layer_norm"
     GELU = "gelu"
-    ACT = "act"  # hardswish, silu, relu, relu6 (hardtanh)
+    ACT = "act"  # hardswish, silu, relu, relu6 (or hardtanh)
     POOL = "pool"
     CAT = "cat"
 
@@ -78,6 +78,7 @@ KIND_OF = {
     _A.sigmoid.default: OpKind.SIGMOID, _A.softmax.int: OpKind.SOFTMAX, _A._softmax.default: OpKind.SOFTMAX,
     _A.layer_norm.default: OpKind.LAYER_NORM, _A.gelu.default: OpKind.GELU, _A.hardswish.default: OpKind.ACT,
     _A.silu.default: OpKind.ACT, _A.relu.default: OpKind.ACT, _A.hardtanh.default: OpKind.ACT,
+    _A.relu6.default: OpKind.ACT,
     _A.adaptive_avg_pool2d.default: OpKind.POOL, _A.avg_pool2d.default: OpKind.POOL, _A.mean.dim: OpKind.POOL,
     _A.cat.default: OpKind.CAT,
 }
@@ -208,6 +209,29 @@ def is_float_tensor(node: torch.fx.Node) -> bool:
 def passes(node: torch.fx.Node) -> bool:
     """A value-preserving op: reshapes, transposes, splits and the getitem that picks a split's part."""
     return node.op == "call_function" and (node.target in PASSTHROUGH or node.target is operator.getitem)
+
+
+#: activations that clamp below at zero: fused into the conv / linear before them by every int8 runtime
+#: (ONNX Runtime's QLinearConv through a zero point at the bottom of the range, TFLite's fused activation,
+#: XNNPACK's output clamp), so that conv / linear is quantized after the activation, not before it
+_CLAMPS = (_A.relu.default, _A.relu6.default, _A.hardtanh.default)
+#: marks an activation fused into its producer (set by the annotator, read by the plan's edge rules)
+FUSED = "edgehybrid_fused_activation"
+
+
+def fusable_activation(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The conv / linear that ``node`` (a ReLU, or a hardtanh clamping at or above zero: ReLU6) can be fused
+    into, when that conv / linear feeds nothing else; else None."""
+    if node.op != "call_function" or node.target not in _CLAMPS or not node.args:
+        return None
+    if node.target is _A.hardtanh.default:
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        if not isinstance(low, (int, float)) or low < 0:
+            return None
+    src = node.args[0]
+    if not (isinstance(src, torch.fx.Node) and kind_of(src) in (OpKind.CONV, OpKind.LINEAR) and len(src.users) == 1):
+        return None
+    return src
 
 
 def _macs(node: torch.fx.Node, kind: OpKind) -> int:

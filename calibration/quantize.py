@@ -32,7 +32,7 @@ from calibration.annotate import (
     torchao,
 )
 from calibration.fold import drop_eval_dropout, fold_channel_scales, split_silu
-from calibration.ops import KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, op_name, passes
+from calibration.ops import FUSED, KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, op_name, passes
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 
 __all__ = ["CALIB_METHODS", "CalibrationMethod", "Calibrated", "QuantizedGraph", "apply_float_layers", "calibrate",
@@ -327,6 +327,8 @@ def _is_observer(node: torch.fx.Node) -> bool:
 
 def _upstream(node: torch.fx.Node, depth: int = 0) -> set[str]:
     if node.op == "call_function" and node.target in KIND_OF:
+        if node.meta.get(FUSED):  # a ReLU fused into its conv: the quantize after it is the conv's output too
+            return {node.name} | _upstream(node.args[0], depth + 1)
         return {node.name}
     if depth < 16 and node.op in ("call_function", "call_module") and node.args and isinstance(node.args[0], torch.fx.Node):
         if _is_observer(node) or passes(node):

@@ -1,5 +1,5 @@
 """The graph rewrites of the INT8 plan, each checked on a module small enough to read: what capture folds away,
-where a concatenation and an attention split are quantized, and that the numbers stay."""
+where a concatenation, an attention split and a clamped activation are quantized, and that the numbers stay."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from calibration.ops import QuantPolicy
+from calibration.ops import UNWEIGHTED, QuantPolicy
 from calibration.quantize import calibrate, capture, finalize, int8_nodes
 from calibration.sensitivity import Simulator
 
@@ -151,3 +151,73 @@ def test_capture_drops_eval_dropout_and_folds_a_constant_step_into_the_linear():
     assert torch.ops.aten.dropout.default not in ops and torch.ops.aten.mul.Tensor not in ops
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+class _Clamped(nn.Module):
+    """conv -> ReLU, conv -> ReLU6, and a conv whose output feeds an add beside its ReLU (not fusable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1),
+                                          nn.Conv2d(8, 4, 1))
+
+    def forward(self, x):
+        x = nn.functional.relu6(self.b(torch.relu(self.a(x))))
+        y = self.c(x)
+        return self.d(torch.relu(y) + y)
+
+
+def _after(graph, conv):
+    return [u.target for u in next(n for n in graph.nodes if n.name == conv).users]
+
+
+def test_a_clamp_after_a_conv_is_quantized_once_after_it():
+    """Quantized before the ReLU too, ONNX Runtime requantizes between the conv and the clamp (a dequantize and
+    a quantize over the whole tensor), and the conv's int8 range spends half its codes on negatives."""
+    torch.manual_seed(0)
+    model = _Clamped().eval()
+    batches = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    cal = calibrate(capture(model, batches[0][:1]), batches, holdout=4)
+    convs = [n.name for n in cal.prepared.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    relu, clamp6 = torch.ops.aten.relu.default, torch.ops.aten.relu6.default  # nn.ReLU6 is a hardtanh
+    onnx = QuantPolicy(fold_rescales=True)
+    for policy in (onnx, QuantPolicy(float_kinds=UNWEIGHTED)):  # and ExecuTorch's: the clamps run in float
+        graph = finalize(cal, policy).quantized.graph
+        assert _after(graph, convs[0]) == [relu] and _after(graph, convs[1]) == [clamp6]
+        assert _after(graph, convs[2]) == [quantize]  # c feeds the add too: quantized as it leaves
+        for clamp in (n for n in graph.nodes if n.target in (relu, clamp6) and n.args[0].name in convs[:2]):
+            (q,) = clamp.users
+            assert q.target == quantize and q.args[2] == -128  # the range starts at zero: no code spent below
+    graph = finalize(cal, onnx)
+    sim = Simulator(cal, cal.held_out)
+    with torch.no_grad():
+        out = torch.cat([graph(cal.held_out[i:i + 1]) for i in range(len(cal.held_out))])
+    assert torch.allclose(out, sim._run(int8_nodes(cal.layers), set()), atol=1e-5)
+    assert sim.plan_sqnr() > 30
+
+
+def test_onnx_runtime_runs_a_clamped_conv_as_one_int8_kernel(tmp_path):
+    """The plan as ONNX Runtime optimizes it: each fused clamp leaves one QLinearConv and no requantize."""
+    import onnx
+    import onnxruntime as ort
+
+    import edgehybrid
+
+    torch.manual_seed(0)
+    pre = edgehybrid.Preprocessing(resize=16, crop=(16, 16), interpolation="bilinear", mean=(0.5,) * 3,
+                                   std=(0.25,) * 3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU6(), nn.Conv2d(8, 4, 1),
+                          nn.ReLU(), nn.Conv2d(4, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    exported = edgehybrid.export(model, torch.zeros(1, 3, 16, 16), target="onnx", precision="int8",
+                                 preprocessing=pre, out=tmp_path, name="clamped", calib_size=16)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported.path), opts, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(tmp_path / "optimized.onnx").graph.node
+    made = {o: n.op_type for n in nodes for o in n.output}
+    requantized = [n.name for n in nodes if n.op_type == "QuantizeLinear"
+                   and made.get(n.input[0]) == "DequantizeLinear"]
+    assert exported.validation["passed"]
+    ops = [n.op_type for n in nodes]
+    assert ops.count("QLinearConv") == 4 and not requantized and "Relu" not in ops and "Clip" not in ops, ops
