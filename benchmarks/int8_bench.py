@@ -5,10 +5,11 @@ per-channel, int8/int8 defaults, calibrated on the same images) on ONNX Runtime;
 artifacts and litert-torch's default full-int8 PT2E recipe on LiteRT (and, on both, our ``--optimize latency``
 plan, ``int8-latency``: its own search's figures are printed as it runs); our FP32 and INT8 ExecuTorch programs and
 ExecuTorch's documented recipe (``XNNPACKQuantizer``, default symmetric per-channel config, calibrated on the same
-images) on the ExecuTorch runtime with XNNPACK. Latency is the median over several
-alternating rounds (each round: every artifact, warm-up then timed runs), of the fastest of ``--sessions``
-sessions per artifact, because ONNX Runtime sessions of one file in one process settle on small VMs at levels
-up to 1.5x apart (``mobilevit_xxs.cifar10`` FP32: 0.97 and 1.42 ms, interleaved). Drift: each INT8 artifact
+images) on the ExecuTorch runtime with XNNPACK. Latency is measured in alternating rounds (each round: every
+artifact, warm-up then timed runs); an artifact's figure in a round is the median of the fastest of its
+``--sessions`` sessions, because ONNX Runtime sessions of one file in one process settle on small VMs at levels
+up to 1.5x apart (``mobilevit_xxs.cifar10`` FP32: 0.97 and 1.42 ms, interleaved). Its p50 is the median over
+rounds; its speed-up over FP32 is the median of the rounds' ratios (:func:`speedup`). Drift: each INT8 artifact
 against FP32 on held-out real inputs. A zoo name runs at its own full size with seeded random weights, calibrated on the bundled
 calibration photos, drift on the separate bundled sample photos; a trained fixture (``mobilevit_xxs.cifar10``)
 runs at its own input size with its weights, calibrated on its own bundled calibration images, drift on
@@ -16,7 +17,7 @@ runs at its own input size with its weights, calibrated on its own bundled calib
 
     python benchmarks/int8_bench.py [--models mobilevit_s efficientformer_l1 mobilevit_xxs.cifar10
                                      efficientformerv2_s0.cifar10] [--targets onnx tflite executorch]
-                                    [--threads 2] [--runs 30] [--held-out 100] [--max-drift 0.01]
+                                    [--threads 2] [--runs 20] [--rounds 7] [--held-out 100] [--max-drift 0.01]
 
 ``--max-drift X`` adds one more INT8 plan per target, ``int8-drift<X>``: the default plan with layers moved
 to float (most error per MAC first) until the drift on the held-out calibration samples is at most X, to
@@ -155,15 +156,16 @@ def _held_out(calib_dir: Path, trained: bool, count: int, pre) -> list[Path]:
     return paths[:: max(1, len(paths) // count)][:count]  # evenly over the (class-sorted) folder
 
 
-def latency(sessions: dict, runs: int, rounds: int) -> dict[str, float]:
+def latency(sessions: dict, runs: int, rounds: int) -> dict:
     """``sessions``: each artifact's loaded sessions (several of the same file) with its feed. Every session of
-    every artifact runs in every round, alternating; a session's figure is its median over rounds, and an
-    artifact's is its fastest session's: ONNX Runtime sessions of one file in one process settle at levels up
-    to 1.5x apart on small VMs, which no number of rounds averages away."""
-    medians = {k: [[] for _ in loaded] for k, loaded in sessions.items()}
+    every artifact runs in every round, alternating. Returns, per artifact, its figure in each round: the
+    median of its fastest session that round (ONNX Runtime sessions of one file in one process settle at levels
+    up to 1.5x apart on small VMs, which no number of rounds averages away)."""
+    per_round: dict = {k: [] for k in sessions}
     for _ in range(rounds):
         for name, loaded in sessions.items():
-            for i, (session, feed) in enumerate(loaded):
+            best = float("inf")
+            for session, feed in loaded:
                 for _ in range(5):
                     session.run(feed)
                 ts = []
@@ -171,8 +173,23 @@ def latency(sessions: dict, runs: int, rounds: int) -> dict[str, float]:
                     t = time.perf_counter_ns()
                     session.run(feed)
                     ts.append((time.perf_counter_ns() - t) / 1e6)
-                medians[name][i].append(float(np.median(ts)))
-    return {k: min(float(np.median(v)) for v in per) for k, per in medians.items()}
+                best = min(best, float(np.median(ts)))
+            per_round[name].append(best)
+    return per_round
+
+
+def p50(rounds: list[float]) -> float:
+    return float(np.median(rounds))
+
+
+def speedup(base: list[float], other: list[float]) -> float:
+    """``base`` over ``other``, paired by round: the median of each round's ratio. The whole machine moves
+    between speed levels from one round to the next (a 2-vCPU VM here: ONNX Runtime on ``efficientformer_l1``
+    read FP32 21.1 / INT8 15.5 ms for a minute, then 17.7 / 11.4 ms, nothing else running), and int8 kernels
+    move further than float ones. A ratio of two medians can then pair one artifact's slow rounds with the
+    other's fast ones (1.12x printed where every paired round read 1.4-1.5x); a round's two figures are seconds
+    apart and share a level."""
+    return float(np.median(np.asarray(base) / np.asarray(other)))
 
 
 def _at_least_one(text: str) -> int:
@@ -190,8 +207,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["mobilevit_s", "efficientformer_l1"])
     p.add_argument("--targets", nargs="+", default=["onnx", "tflite", "executorch"], choices=sorted(RUNTIME))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--sessions", type=_at_least_one, default=3,
                    help="sessions per artifact; its figure is the fastest's")
     p.add_argument("--calib-size", type=int, default=32)
@@ -268,16 +285,17 @@ def main() -> None:
                 sessions[(target, kind)] = [(session, feed)] + [
                     (rt.load(path, threads=args.threads), feed) for _ in range(args.sessions - 1)]
             lat = latency(sessions, args.runs, args.rounds)
-            for (target, kind), ms in lat.items():
+            for (target, kind), rounds in lat.items():
                 if (target, "fp32") not in lat:
                     continue
-                base = lat[(target, "fp32")]
                 c = compare(outputs[(target, "fp32")], outputs[(target, kind)])
-                rows.append((name, target, kind, ms, base / ms, c.top1_agreement, c.cosine))
-    print(f"# INT8 benchmark: {args.threads} threads, median of {args.rounds} alternating rounds x {args.runs} runs, "
-          f"fastest of {args.sessions} sessions per artifact; "
-          "drift vs the same runtime's FP32: a zoo name on the 8 bundled photos (seeded random\n"
-          "# weights, the same for every artifact: near-flat logits, so top-1 agreement is a weak signal), a trained "
+                rows.append((name, target, kind, p50(rounds), speedup(lat[(target, "fp32")], rounds),
+                             c.top1_agreement, c.cosine))
+    print(f"# INT8 benchmark: {args.threads} threads, {args.rounds} alternating rounds x {args.runs} runs, fastest of "
+          f"{args.sessions} sessions per artifact in each round; p50: median over rounds; vs fp32: median of the "
+          "rounds' ratios;\n# "
+          "drift vs the same runtime's FP32: a zoo name on the 8 bundled photos (seeded random weights,\n"
+          "# the same for every artifact: near-flat logits, so top-1 agreement is a weak signal), a trained "
           f"fixture on {args.held_out} of its own validation images")
     print(f"{'model':30s} {'runtime':12s} {'artifact':16s} {'p50 ms':>8s} {'vs fp32':>8s} {'top-1 agr':>10s} {'cosine':>9s}")
     for name, target, kind, ms, speed, agree, cos in rows:

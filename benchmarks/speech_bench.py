@@ -5,7 +5,8 @@ graph): our FP32 and INT8 ONNX artifacts and ONNX Runtime's own ``quantize_stati
 on the same clips) on ONNX Runtime; our FP32 and INT8 TFLite artifacts and litert-torch's default full-int8
 recipe on LiteRT; our FP32 and INT8 ExecuTorch programs on ExecuTorch with XNNPACK (its own XNNPACKQuantizer
 recipe is not loadable on this model: XNNPACK fails to create a static slice node). Latency is int8_bench.py's:
-the median over alternating rounds, fastest of ``--sessions`` sessions per artifact; accuracy is top-1 on
+alternating rounds, fastest of ``--sessions`` sessions per artifact in each round, speed-ups paired by round;
+accuracy is top-1 on
 the 200 bundled labelled clips (voices never heard in training), with the agreement and cosine to the same
 runtime's FP32 beside it.
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore")
 
-from int8_bench import _at_least_one, latency, litert_default, naive_ort  # noqa: E402  (the vision bench's)
+from int8_bench import _at_least_one, latency, litert_default, naive_ort, p50, speedup  # noqa: E402
 
 from calibration.preprocess import find_inputs, load_batch  # noqa: E402
 from calibration.sources import DATA_DIR  # noqa: E402
@@ -80,15 +81,16 @@ def main() -> None:
             sessions[target, kind] = [(session, feed)] + [
                 (get_runtime(RUNTIME[target]).load(path, threads=args.threads), feed) for _ in range(args.sessions - 1)]
         lat = latency(sessions, args.runs, args.rounds)
-    print(f"# {FIXTURE}: {args.threads} threads, median of {args.rounds} alternating rounds x {args.runs} runs, "
-          f"fastest of {args.sessions} sessions; "
+    print(f"# {FIXTURE}: {args.threads} threads, {args.rounds} alternating rounds x {args.runs} runs, fastest of "
+          f"{args.sessions} sessions a round; p50: median over rounds, vs fp32: median of the rounds' ratios; "
           f"top-1 on {len(clips)} labelled clips of unheard voices (PyTorch FP32: {torch_top1:.2%})")
     print(f"{'runtime':12s} {'artifact':22s} {'p50 ms':>8s} {'vs fp32':>8s} {'top-1':>7s} {'agr fp32':>9s} "
           f"{'cosine':>8s}")
-    for (target, kind), ms in lat.items():
+    for (target, kind), rounds in lat.items():
         c = compare(outputs[target, "fp32"], outputs[target, kind])
         top1 = float((outputs[target, kind].argmax(1) == labels).mean())
-        print(f"{RUNTIME[target]:12s} {kind:22s} {ms:8.3f} {lat[target, 'fp32'] / ms:7.2f}x {top1:7.2%} "
+        print(f"{RUNTIME[target]:12s} {kind:22s} {p50(rounds):8.3f} {speedup(lat[target, 'fp32'], rounds):7.2f}x "
+              f"{top1:7.2%} "
               f"{c.top1_agreement:8.1%} {c.cosine:8.5f}")
 
 
