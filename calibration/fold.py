@@ -53,17 +53,25 @@ def drop_eval_dropout(gm: torch.fx.GraphModule) -> int:
         x, p, train = node.args[0], _arg(node, 1, "p"), _arg(node, 2, "train")
         if train and p != 0:
             continue
-        node.replace_all_uses_with(x)
-        gm.graph.erase_node(node)
+        _bypass(gm, node, x)
         dropped += 1
-    if dropped:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return dropped
+    return _tidy(gm, dropped)
 
 
 def _arg(node: torch.fx.Node, index: int, name: str):
     return node.args[index] if len(node.args) > index else node.kwargs[name]
+
+
+def _bypass(gm: torch.fx.GraphModule, node: torch.fx.Node, replacement: torch.fx.Node) -> None:
+    node.replace_all_uses_with(replacement)
+    gm.graph.erase_node(node)
+
+
+def _tidy(gm: torch.fx.GraphModule, changed: int) -> int:
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return changed
 
 
 def fold_channel_scales(gm: torch.fx.GraphModule) -> int:
@@ -86,13 +94,9 @@ def fold_channel_scales(gm: torch.fx.GraphModule) -> int:
             if scale_shift is None:
                 break
             _fold_affine(gm, node, *scale_shift)
-            user.replace_all_uses_with(node)
-            gm.graph.erase_node(user)
+            _bypass(gm, user, node)
             folded += 1
-    if folded:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return folded
+    return _tidy(gm, folded)
 
 
 def _channels(node: torch.fx.Node) -> int | None:
