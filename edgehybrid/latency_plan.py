@@ -14,7 +14,9 @@ ops can cost more than the int8 kernels save. With ``--optimize latency`` the pl
 2. each is scored for drift on the held-out samples (the simulator, one forward pass each) and exported to the
    target; the FP32 model is exported too;
 3. all of them are timed side by side in one process on the target's runtime, with the export's thread count,
-   in alternating rounds (:func:`time_side_by_side`: the minimum of round medians, which a burst cannot lower);
+   in alternating rounds (:func:`time_side_by_side`: the minimum of round medians, which a burst cannot lower).
+   Where a session keeps its own threads (ONNX Runtime, LiteRT) each artifact is opened in
+   ``pipeline.SESSIONS`` sessions and the fastest counts, since sessions of one file settle at different levels.
    A candidate the target's converter refuses (LiteRT's needs one scale across an int8 concatenation), or
    whose program its runtime will not load (XNNPACK under ExecuTorch), is recorded and skipped;
 4. the fastest candidate within the budget wins. The budget is ``--max-drift`` when given, and otherwise the
