@@ -125,9 +125,9 @@ class _Annotator:
             kind, factor = kind_of(node), constant_factor(node)
             if factor is not None:
                 self._rescale(node, factor, QuantizationAnnotation, SharedQuantizationSpec)
-            elif layer_of(node) in self.int8_layers and self._fuse(node, act, QuantizationAnnotation):
-                continue
             elif kind is not None and layer_of(node) in self.int8_layers:
+                if self._fuse(node, act, QuantizationAnnotation):
+                    continue
                 inputs = tensor_inputs(node, kind)
                 if not inputs:
                     continue
