@@ -5,11 +5,12 @@ per-channel, int8/int8 defaults, calibrated on the same images) on ONNX Runtime;
 artifacts and litert-torch's default full-int8 PT2E recipe on LiteRT (and, on both, our ``--optimize latency``
 plan, ``int8-latency``: its own search's figures are printed as it runs); our FP32 and INT8 ExecuTorch programs and
 ExecuTorch's documented recipe (``XNNPACKQuantizer``, default symmetric per-channel config, calibrated on the same
-images) on the ExecuTorch runtime with XNNPACK. Latency is measured in alternating rounds (each round: every
-artifact, warm-up then timed runs); an artifact's figure in a round is the median of the fastest of its
-``--sessions`` sessions, because ONNX Runtime sessions of one file in one process settle on small VMs at levels
-up to 1.5x apart (``mobilevit_xxs.cifar10`` FP32: 0.97 and 1.42 ms, interleaved). Its p50 is the median over
-rounds; its speed-up over FP32 is the median of the rounds' ratios (:func:`speedup`). Drift: each INT8 artifact
+images) on the ExecuTorch runtime with XNNPACK. Latency is measured by the loop ``--optimize latency`` uses
+(``probe.time_side_by_side``), in alternating rounds (each round: every artifact, warm-up then timed runs); an
+artifact's figure in a round is the median of the fastest of its ``--sessions`` sessions, because ONNX Runtime
+sessions of one file in one process settle on small VMs at levels up to 1.5x apart (``mobilevit_xxs.cifar10``
+FP32: 0.97 and 1.42 ms, interleaved). Its p50 is the median over rounds; its speed-up over FP32 is the median of
+the rounds' ratios (``probe.paired_ratio``). Drift: each INT8 artifact
 against FP32 on held-out real inputs. A zoo name runs at its own full size with seeded random weights, calibrated on the bundled
 calibration photos, drift on the separate bundled sample photos; a trained fixture (``mobilevit_xxs.cifar10``)
 runs at its own input size with its weights, calibrated on its own bundled calibration images, drift on
@@ -27,9 +28,9 @@ show what a fidelity budget costs in speed beside the peer recipes.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from edgehybrid.drift import compare
 from edgehybrid.errors import EdgeHybridError
 from edgehybrid.int8 import Int8Request
 from edgehybrid.pipeline import ExportRequest, run_export
+from edgehybrid.profiling.probe import paired_ratio, time_side_by_side
 from edgehybrid.runtimes import get_runtime
 from exporters.base import ExportOptions
 from models_zoo import load_model
@@ -157,39 +159,18 @@ def _held_out(calib_dir: Path, trained: bool, count: int, pre) -> list[Path]:
 
 
 def latency(sessions: dict, runs: int, rounds: int) -> dict:
-    """``sessions``: each artifact's loaded sessions (several of the same file) with its feed. Every session of
-    every artifact runs in every round, alternating. Returns, per artifact, its figure in each round: the
-    median of its fastest session that round (ONNX Runtime sessions of one file in one process settle at levels
-    up to 1.5x apart on small VMs, which no number of rounds averages away)."""
-    per_round: dict = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for name, loaded in sessions.items():
-            best = float("inf")
-            for session, feed in loaded:
-                for _ in range(5):
-                    session.run(feed)
-                ts = []
-                for _ in range(runs):
-                    t = time.perf_counter_ns()
-                    session.run(feed)
-                    ts.append((time.perf_counter_ns() - t) / 1e6)
-                best = min(best, float(np.median(ts)))
-            per_round[name].append(best)
-    return per_round
+    """``sessions``: each artifact's loaded sessions (several of the same file) with its feed. Timed by the loop
+    ``--optimize latency`` uses (:func:`~edgehybrid.profiling.probe.time_side_by_side`): every session of every
+    artifact runs ``runs`` calls in every round, alternating. Returns, per artifact, its figure in each round: the
+    median of its fastest session that round (ONNX Runtime sessions of one file in one process settle at levels up
+    to 1.5x apart on small VMs, which no number of rounds averages away)."""
+    calls = {name: [functools.partial(session.run, feed) for session, feed in loaded]
+             for name, loaded in sessions.items()}
+    return {name: t["rounds"] for name, t in time_side_by_side(calls, rounds=rounds, calls=runs).items()}
 
 
 def p50(rounds: list[float]) -> float:
     return float(np.median(rounds))
-
-
-def speedup(base: list[float], other: list[float]) -> float:
-    """``base`` over ``other``, paired by round: the median of each round's ratio. The whole machine moves
-    between speed levels from one round to the next (a 2-vCPU VM here: ONNX Runtime on ``efficientformer_l1``
-    read FP32 21.1 / INT8 15.5 ms for a minute, then 17.7 / 11.4 ms, nothing else running), and int8 kernels
-    move further than float ones. A ratio of two medians can then pair one artifact's slow rounds with the
-    other's fast ones (1.12x printed where every paired round read 1.4-1.5x); a round's two figures are seconds
-    apart and share a level."""
-    return float(np.median(np.asarray(base) / np.asarray(other)))
 
 
 def _at_least_one(text: str) -> int:
@@ -289,7 +270,7 @@ def main() -> None:
                 if (target, "fp32") not in lat:
                     continue
                 c = compare(outputs[(target, "fp32")], outputs[(target, kind)])
-                rows.append((name, target, kind, p50(rounds), speedup(lat[(target, "fp32")], rounds),
+                rows.append((name, target, kind, p50(rounds), paired_ratio(lat[(target, "fp32")], rounds),
                              c.top1_agreement, c.cosine))
     print(f"# INT8 benchmark: {args.threads} threads, {args.rounds} alternating rounds x {args.runs} runs, fastest of "
           f"{args.sessions} sessions per artifact in each round; p50: median over rounds; vs fp32: median of the "

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore")
 
-from int8_bench import _at_least_one, latency, litert_default, naive_ort, p50, speedup  # noqa: E402
+from int8_bench import _at_least_one, latency, litert_default, naive_ort, p50  # noqa: E402
 
 from calibration.preprocess import find_inputs, load_batch  # noqa: E402
 from calibration.sources import DATA_DIR  # noqa: E402
@@ -36,6 +36,7 @@ from edgehybrid.drift import compare  # noqa: E402
 from edgehybrid.drift_check import read_dataset  # noqa: E402
 from edgehybrid.int8 import Int8Request  # noqa: E402
 from edgehybrid.pipeline import ExportRequest, run_export  # noqa: E402
+from edgehybrid.profiling.probe import paired_ratio  # noqa: E402
 from edgehybrid.runtimes import get_runtime  # noqa: E402
 from exporters.base import ExportOptions  # noqa: E402
 from models_zoo import load_model  # noqa: E402
@@ -89,9 +90,8 @@ def main() -> None:
     for (target, kind), rounds in lat.items():
         c = compare(outputs[target, "fp32"], outputs[target, kind])
         top1 = float((outputs[target, kind].argmax(1) == labels).mean())
-        print(f"{RUNTIME[target]:12s} {kind:22s} {p50(rounds):8.3f} {speedup(lat[target, 'fp32'], rounds):7.2f}x "
-              f"{top1:7.2%} "
-              f"{c.top1_agreement:8.1%} {c.cosine:8.5f}")
+        print(f"{RUNTIME[target]:12s} {kind:22s} {p50(rounds):8.3f} {paired_ratio(lat[target, 'fp32'], rounds):7.2f}x "
+              f"{top1:7.2%} {c.top1_agreement:8.1%} {c.cosine:8.5f}")
 
 
 if __name__ == "__main__":

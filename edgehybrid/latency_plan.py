@@ -14,13 +14,15 @@ ops can cost more than the int8 kernels save. With ``--optimize latency`` the pl
 2. each is scored for drift on the held-out samples (the simulator, one forward pass each) and exported to the
    target; the FP32 model is exported too;
 3. all of them are timed side by side in one process on the target's runtime, with the export's thread count,
-   in alternating rounds (:func:`time_side_by_side`: the minimum of round medians, which a burst cannot lower).
-   Where a session keeps its own threads (ONNX Runtime, LiteRT) each artifact is opened in
-   ``pipeline.SESSIONS`` sessions and the fastest counts, since sessions of one file settle at different levels.
+   in alternating rounds (:func:`time_side_by_side`). A candidate's time is the minimum of its round medians
+   (a burst cannot lower it); its speed against FP32 is the median of the rounds' ratios (:func:`paired_ratio`:
+   the machine's speed level moves between rounds, and a round's two figures share one). Where a session keeps
+   its own threads (ONNX Runtime, LiteRT) each artifact is opened in ``latency_trials.SESSIONS`` sessions and
+   the fastest counts each round, since sessions of one file settle at different levels.
    A candidate the target's converter refuses (LiteRT's needs one scale across an int8 concatenation), or
    whose program its runtime will not load (XNNPACK under ExecuTorch), is recorded and skipped;
-4. the fastest candidate within the budget wins. The budget is ``--max-drift`` when given, and otherwise the
-   target's own plan's drift (plus 10%, the simulator's run-to-run noise on 8 samples): latency mode never
+4. the fastest candidate (against FP32) within the budget wins. The budget is ``--max-drift`` when given, and
+   otherwise the target's own plan's drift (plus 10%, the simulator's run-to-run noise on 8 samples): latency mode never
    buys speed with fidelity nobody offered.
 
 When no candidate beats FP32 the log says so in one plain sentence and the manifest records
@@ -47,7 +49,7 @@ import numpy as np
 from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 from edgehybrid.manifest import artifact_digest
-from edgehybrid.profiling.probe import ROUND_S, ROUNDS, time_side_by_side  # noqa: F401  (re-exported)
+from edgehybrid.profiling.probe import ROUND_S, ROUNDS, paired_ratio, time_side_by_side  # noqa: F401  (re-exported)
 
 #: a layer under this share of the model's MACs is "light": its int8 kernel saves less than its Q/DQ costs
 LIGHT_SHARE = 0.02
@@ -155,7 +157,7 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
            threads: int, log: Callable[[str], None], where: str = HERE, vary_threads: bool = True) -> Choice:
     """Measure every candidate and choose. ``drift(c)``: its drift on held-out samples; ``build(c)``: its
     quantized graph; ``export(graph, folder, int8)``: an artifact on the target; ``time_all({name: artifact},
-    threads)``: every artifact's ``{"ms", "spread"}`` timed side by side with that many threads (here, or on a
+    threads)``: every artifact's ``{"ms", "spread", "rounds"}`` timed side by side with that many threads (here, or on a
     device: ``where``). ``budget`` None: the first candidate's drift plus noise. ``vary_threads`` False: the
     runtime keeps one thread pool per process (ExecuTorch), so nothing is timed at fewer threads."""
     drifts = {c.name: drift(c) for c in cands}
@@ -185,13 +187,14 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
         for count in fewer_threads(threads) if vary_threads else []:
             at = time_all({"FP32": artifacts["FP32"], best["plan"]: artifacts[best["plan"]]}, count)
             fewer.append({"threads": count, "fp32_ms": at["FP32"]["ms"], "int8_ms": at[best["plan"]]["ms"],
-                          "vs_fp32": round(at["FP32"]["ms"] / at[best["plan"]]["ms"], 3)})
+                          "vs_fp32": round(paired_ratio(at["FP32"]["rounds"], at[best["plan"]]["rounds"]), 3)})
     fp32_ms = timed["FP32"]["ms"]
     chosen = next(c for c in cands if c.name == best["plan"])
-    faster = best["p50_ms"] < fp32_ms
+    faster = best["vs_fp32"] > 1.0
     report = {"runtime": runtime, "device": where, "threads": threads, "rounds": ROUNDS,
-              "statistic": "minimum of round medians",
-              "fp32_ms": fp32_ms, "fp32_size_bytes": sizes["FP32"], "drift_budget": round(limit, 5),
+              "statistic": "minimum of round medians; vs_fp32: median of the rounds' ratios",
+              "fp32_ms": fp32_ms, "fp32_rounds_ms": timed["FP32"]["rounds"], "fp32_size_bytes": sizes["FP32"],
+              "drift_budget": round(limit, 5),
               "budget_from": "--max-drift" if budget is not None else "the target's own plan (+10% noise)",
               "candidates": rows, "not_convertible": refused, "chosen": chosen.name,
               "int8_faster_than_fp32": faster, "fewer_threads": fewer,
@@ -208,20 +211,25 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
 
 def _rank(cands: list[Candidate], timed: dict, drifts: dict, sizes: dict, limit: float):
     """Every candidate's row, and the fastest within the budget (or, if none is, the least drifting)."""
-    fp32_ms = timed["FP32"]["ms"]
+    fp32 = timed["FP32"]
     rows = [{"plan": c.name, "float_kinds": c.policy.float_kind_names(), "float_layers": len(c.float_layers),
              "p50_ms": timed[c.name]["ms"], "spread": timed[c.name]["spread"],
-             "vs_fp32": round(fp32_ms / timed[c.name]["ms"], 3), "drift": round(drifts[c.name], 5),
+             "vs_fp32": round(paired_ratio(fp32["rounds"], timed[c.name]["rounds"]), 3),
+             "rounds_ms": timed[c.name]["rounds"], "drift": round(drifts[c.name], 5),
              "within_budget": drifts[c.name] <= limit, "size_bytes": sizes[c.name]} for c in cands]
     eligible = [r for r in rows if r["within_budget"]] or [min(rows, key=lambda r: r["drift"])]
-    return rows, min(eligible, key=lambda r: r["p50_ms"])
+    return rows, max(eligible, key=lambda r: r["vs_fp32"])
 
 
 def _fastest(best: dict, fp32_ms: float, threads: int, fewer: list[dict]) -> dict:
-    """The fastest (precision, threads) setting measured: the asked count's, unless one at fewer threads beats it
-    by :data:`MARGIN`."""
-    top = min([("int8", threads, best["p50_ms"]), ("fp32", threads, fp32_ms)], key=lambda s: s[2])
-    others = [(p, f["threads"], ms) for f in fewer for p, ms in (("int8", f["int8_ms"]), ("fp32", f["fp32_ms"]))]
+    """The fastest (precision, threads) setting measured. At one thread count INT8 and FP32 are compared by their
+    paired ratio; across counts, timed seconds apart, by time, and a count below the asked one wins only by
+    :data:`MARGIN`."""
+    def winner(count: int, vs_fp32: float, int8_ms: float, fp32: float) -> tuple:
+        return ("int8", count, int8_ms) if vs_fp32 > 1.0 else ("fp32", count, fp32)
+
+    top = winner(threads, best["vs_fp32"], best["p50_ms"], fp32_ms)
+    others = [winner(f["threads"], f["vs_fp32"], f["int8_ms"], f["fp32_ms"]) for f in fewer]
     if others and min(s[2] for s in others) * MARGIN < top[2]:
         top = min(others, key=lambda s: s[2])
     return {"precision": top[0], "threads": top[1], "ms": top[2]}

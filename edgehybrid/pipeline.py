@@ -7,7 +7,6 @@ and its manifest renamed into place. A failed export or validation leaves the ou
 
 from __future__ import annotations
 
-import functools
 import re
 import tempfile
 import time
@@ -31,7 +30,7 @@ from calibration.preprocess import (
 from edgehybrid import layer_latency
 from edgehybrid import manifest as manifest_mod
 from edgehybrid.drift import top1_text
-from edgehybrid.errors import EdgeHybridError, InputError, MissingBackendError
+from edgehybrid.errors import InputError
 from edgehybrid.fsutil import (
     check_replaceable,
     move_into_place,
@@ -40,8 +39,9 @@ from edgehybrid.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
-from edgehybrid.int8 import Int8Request, Trials, quantize_for_target, sensitivity_markdown
-from edgehybrid.latency_plan import Optimize, feed_for
+from edgehybrid.int8 import Int8Request, quantize_for_target, sensitivity_markdown
+from edgehybrid.latency_plan import Optimize
+from edgehybrid.latency_trials import trials_for
 from edgehybrid.requires import check_floor, parse_floor
 from edgehybrid.targets import Precision, Target, all_targets, get_target
 from edgehybrid.validate import raise_for, validate
@@ -250,7 +250,11 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     log(f"loaded {spec.name} with {loaded.weights.describe()} in {timings['load']:.2f}s")
 
     pixels = load_batch(images, spec.preprocessing, normalized=False)  # decode once; normalize only if needed
-    graph = NormalizeInGraph(loaded.model, spec.preprocessing).eval() if options.normalize_in_graph else loaded.model
+
+    def wrap(model: nn.Module) -> nn.Module:  # --normalize-in-graph: raw pixels in, for FP32 and INT8 graphs alike
+        return NormalizeInGraph(model, spec.preprocessing) if options.normalize_in_graph else model
+
+    graph = wrap(loaded.model).eval()  # not on a quantized graph: an exported module refuses eval()
     feeds_nchw = pixels if options.normalize_in_graph else model_input(pixels, spec.preprocessing)
     example = torch.from_numpy(batched(feeds_nchw, options.batch)[0])
     fp32_graph, quant = None, None
@@ -258,12 +262,12 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
         t = time.perf_counter()
         norm_example = torch.from_numpy(batched(model_input(pixels, spec.preprocessing), options.batch)[0])
         ckpt = parse_ref(req.model)[1] if src is None else None
-        trials = _trials(req, exporter, graph, example, spec, scratch)
+        trials = trials_for(req, exporter, graph, example, spec, scratch, wrap)
         quant = quantize_for_target(loaded.model, spec, norm_example, exporter, int8, log, progress=req.progress,
                                     bundled_calib=ckpt.calibration if ckpt is not None else None, trials=trials)
         timings["quantize"] = time.perf_counter() - t
         fp32_graph = graph
-        graph = NormalizeInGraph(quant.graph, spec.preprocessing) if options.normalize_in_graph else quant.graph
+        graph = wrap(quant.graph)
 
     final_path = out_dir / f"{stem}{exporter.suffix}"
     with staging_dir(out_dir) as stage:
@@ -317,77 +321,6 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
             log(f"wrote the sensitivity table {table.name}")
     log(f"wrote {final_path} ({manifest['size_bytes'] / 1e6:.2f} MB) and {manifest_path.name}")
     return manifest
-
-
-#: sessions each artifact is opened in when the search times it here, the fastest counting, where a session keeps
-#: its own threads (ONNX Runtime, LiteRT): ONNX Runtime sessions of one file in one process settle at levels up to
-#: 2x apart: one slow FP32 session (1.44 ms) made a plan read 1.83x FP32 that the benchmark timed at 0.98x
-#: (`mobilevit_xxs.cifar10`, ONNX Runtime)
-SESSIONS = 3
-
-
-def _trials(req: ExportRequest, exporter, fp32_graph: nn.Module, example: torch.Tensor, spec,
-            scratch: Path) -> Trials:
-    """How ``--optimize latency`` exports a candidate plan (with the request's options) and runs it on the
-    target's runtime, fed the export's own example in the artifact's layout. The FP32 model is exported once,
-    into ``scratch`` (alive for the whole export): the search times it, and ``--sensitivity`` profiles it."""
-    from edgehybrid.latency_plan import time_side_by_side
-    from edgehybrid.profiling.remote import time_side_by_side_remote
-    from edgehybrid.runtimes import get_runtime, open_session
-
-    options = req.options
-    pre = spec.preprocessing
-    quant = req.int8 or Int8Request()
-    device = quant.ssh_device
-
-    fp32 = []
-    loaded = {}  # a candidate's session, opened once to check it loads, reused by the first timing at req.threads
-
-    def export(graph: nn.Module, folder: Path, int8: bool):
-        if not int8 and fp32:
-            return fp32[0]
-        folder = folder if int8 else scratch / "fp32"
-        folder.mkdir(parents=True)
-        if int8 and options.normalize_in_graph:
-            graph = NormalizeInGraph(graph, pre)
-        opts = options if int8 else replace(options, precision=Precision.FP32)
-        artifact = exporter.export(graph, example, spec, opts, folder / f"trial{exporter.suffix}")
-        if not int8:
-            fp32.append(artifact)
-        elif device is None:  # a program its runtime refuses (XNNPACK: "Failed to create static slice node") is
-            try:  # no candidate: the search records it beside the ones the converter refused
-                loaded[artifact.path] = open_session(req.target, artifact.path, req.threads).session
-            except EdgeHybridError as exc:
-                if isinstance(exc, MissingBackendError):
-                    raise
-                raise EdgeHybridError(f"{exporter.target.runtime} cannot load it: {exc}") from exc
-        return artifact
-
-    vary = get_runtime(exporter.target.runtime).threads_per_session
-    sessions = SESSIONS if vary else 1
-
-    def time_here(artifacts: dict, threads: int) -> dict:
-        runs = {}
-        for name, artifact in artifacts.items():
-            feeds = {artifact.inputs[0].name: feed_for(artifact.inputs[0], example.numpy())}
-            first = loaded.pop(artifact.path, None) if threads == req.threads else None
-            for i in range(sessions):
-                session = (first if i == 0 else None) or open_session(req.target, artifact.path, threads).session
-                runs[name, i] = functools.partial(session.run, feeds)
-        timed = time_side_by_side(runs)
-        return {name: min((timed[name, i] for i in range(sessions)), key=lambda t: t["ms"]) for name in artifacts}
-
-    if device is None:
-        return Trials(export, time_here, fp32_graph, exporter.target.runtime, req.threads, vary_threads=vary)
-
-    def time_there(artifacts: dict, threads: int) -> dict:
-        paths = {name: artifact.path for name, artifact in artifacts.items()}
-        return time_side_by_side_remote(device, paths, exporter.target.runtime, threads,
-                                        python=quant.device_python, identity=quant.identity,
-                                        ssh_options=list(quant.ssh_options))
-
-    return Trials(export, time_there, fp32_graph, exporter.target.runtime, req.threads, where=device.url,
-                  vary_threads=vary)
 
 
 def _validation_inputs(req: ExportRequest) -> list[Path]:

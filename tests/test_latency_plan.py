@@ -22,6 +22,7 @@ from edgehybrid.latency_plan import (
     candidates,
     conv_stem,
     fewer_threads,
+    paired_ratio,
     time_side_by_side,
     verdict,
 )
@@ -77,6 +78,22 @@ def test_side_by_side_timing_orders_calls_by_their_cost():
     assert timed["slow"]["ms"] >= 4.0 and timed["fast"]["ms"] >= 0.5
     assert timed["slow"]["ms"] > 2 * timed["fast"]["ms"]
     assert all(t["spread"] >= 1.0 for t in timed.values())
+    assert all(len(t["rounds"]) == 3 and min(t["rounds"]) == t["ms"] for t in timed.values())
+    assert paired_ratio(timed["slow"]["rounds"], timed["fast"]["rounds"]) > 2
+
+
+def test_side_by_side_timing_takes_each_rounds_fastest_session_and_pairs_ratios_by_round():
+    # two sessions of one artifact, one of them slow (as ONNX Runtime sessions of one file can settle): the round's
+    # figure is the fast one's
+    timed = time_side_by_side({"two sessions": [lambda: time.sleep(0.004), lambda: time.sleep(0.001)],
+                               "one": lambda: time.sleep(0.002)}, rounds=2, calls=5)
+    assert all(1.0 <= r < 2.0 for r in timed["two sessions"]["rounds"]), timed
+    # a machine that moves between levels: a round's two figures share one, so the ratio stays 2x
+    assert paired_ratio([2.0, 8.0, 4.0], [1.0, 4.0, 2.0]) == 2.0
+    # one round where only one side ran fast (the level moved mid-round) moves the median of ratios by nothing
+    assert paired_ratio([2.0, 2.0, 2.0], [1.0, 1.0, 0.5]) == 2.0  # the ratio of the minima would read 4x
+    with pytest.raises(ValueError, match="same number of rounds"):
+        paired_ratio([1.0, 2.0], [1.0])
 
 
 def test_verdict_never_calls_a_slower_int8_plan_a_speed_up():
@@ -102,6 +119,8 @@ def test_fewer_threads_are_timed_and_named_only_when_they_win_by_the_margin():
     assert _fastest(best, 0.80, 2, fewer) == {"precision": "int8", "threads": 1, "ms": 0.73}
     # within the margin (the two counts are timed seconds apart) the asked count stays the fastest
     assert _fastest(best, 0.80, 2, [{**fewer[0], "int8_ms": 0.79, "fp32_ms": 0.81}])["threads"] == 2
+    # at one count the paired ratio decides between INT8 and FP32, not the two minima timed seconds apart
+    assert _fastest({**best, "p50_ms": 0.79}, 0.80, 2, [])["precision"] == "fp32"
     assert _fastest(best, 0.80, 2, []) == {"precision": "fp32", "threads": 2, "ms": 0.80}
     report = {"candidates": [best], "chosen": "every kind", "runtime": "onnxruntime", "threads": 2, "fp32_ms": 0.80,
               "fp32_size_bytes": 2_600_000, "int8_faster_than_fp32": False, "fewer_threads": fewer,
@@ -156,15 +175,21 @@ def test_optimize_latency_measures_candidates_and_records_the_choice(cli, tmp_pa
     assert search["drift_budget"] >= rows[0]["drift"] and rows[0]["within_budget"]
     chosen = next(r for r in rows if r["plan"] == search["chosen"])
     assert chosen["within_budget"]
-    assert chosen["p50_ms"] == min(r["p50_ms"] for r in rows if r["within_budget"])
-    assert search["int8_faster_than_fp32"] == (chosen["p50_ms"] < search["fp32_ms"])
-    assert chosen["vs_fp32"] == pytest.approx(search["fp32_ms"] / chosen["p50_ms"], rel=1e-2)
+    assert chosen["vs_fp32"] == max(r["vs_fp32"] for r in rows if r["within_budget"])
+    assert search["int8_faster_than_fp32"] == (chosen["vs_fp32"] > 1)
+    # every speed-up is the median of the rounds' ratios, whose figures the manifest keeps
+    for r in rows:
+        assert r["vs_fp32"] == pytest.approx(paired_ratio(search["fp32_rounds_ms"], r["rounds_ms"]), abs=1e-3)
+        assert r["p50_ms"] == min(r["rounds_ms"]) and len(r["rounds_ms"]) == search["rounds"]
     # FP32 and the chosen plan timed again with 1 thread; the fastest setting is one of the measured figures
     (one,) = search["fewer_threads"]
     assert one["threads"] == 1 and one["fp32_ms"] > 0 and one["int8_ms"] > 0
     fastest = search["fastest"]
-    assert fastest["ms"] == min(chosen["p50_ms"], search["fp32_ms"], one["fp32_ms"], one["int8_ms"]) or (
-        fastest["threads"] == 2 and fastest["ms"] == min(chosen["p50_ms"], search["fp32_ms"]))
+    measured = {(2, "int8"): chosen["p50_ms"], (2, "fp32"): search["fp32_ms"], (1, "int8"): one["int8_ms"],
+                (1, "fp32"): one["fp32_ms"]}
+    assert fastest["ms"] == measured[fastest["threads"], fastest["precision"]]
+    ratio = chosen["vs_fp32"] if fastest["threads"] == 2 else one["vs_fp32"]
+    assert (fastest["precision"] == "int8") == (ratio > 1)  # at its count, the one the paired ratio favours
     # the plan the manifest describes is the chosen one: its extra float layers are said, with the reason
     by_search = [r for r in quant["layers"] if "--optimize latency" in r["reason"]]
     assert len(by_search) == chosen["float_layers"]
@@ -213,7 +238,8 @@ def test_fewer_threads_are_timed_only_where_a_session_keeps_its_own_count(vary, 
 
     def time_all(artifacts, threads):  # a fixed cost per artifact: this checks which counts are asked for
         asked.append(threads)
-        return {name: {"ms": 1.0 if name == "FP32" else 0.9, "spread": 1.0} for name in artifacts}
+        return {name: {"ms": 1.0 if name == "FP32" else 0.9, "spread": 1.0, "rounds": [1.0 if name == "FP32" else 0.9]}
+                for name in artifacts}
 
     plan = Candidate("target's plan", QuantPolicy())
     choice = search([plan], lambda c: 0.01, lambda c: None, lambda g, folder, int8: Artifact(folder), None,

@@ -10,7 +10,7 @@ It runs under Python 3.8+ (older device images), so no newer syntax.
 
 ``--side-by-side`` (``--optimize latency`` on a device) loads every artifact in this one process and times
 them in alternating rounds (:func:`time_side_by_side`); the document is ``{"side_by_side": {name: {"ms",
-"spread"}}, ...}`` with the runtime, its version, the threads and the machine.
+"spread", "rounds"}}, ...}`` with the runtime, its version, the threads and the machine.
 
 Order: import the runtime, note RSS (baseline); load the artifact (``load_ms``); build a seeded random
 input from the artifact's own input name/shape/dtype (floats uniform in [-1, 1): latency does not depend on
@@ -710,29 +710,52 @@ ROUND_S = 0.15
 ROUNDS = 5
 
 
-def time_side_by_side(runs, rounds=ROUNDS, round_s=ROUND_S) -> dict:
-    """Each zero-argument callable's latency in ms, measured in alternating rounds in one process: per round,
-    every callable runs warm-up calls then enough timed calls to last ``round_s``; the figure is the minimum of
-    its round medians (a burst of load only adds time), with the spread of the round medians beside it."""
+def time_side_by_side(runs, rounds=ROUNDS, round_s=ROUND_S, calls=None) -> dict:
+    """Each artifact's latency in ms, measured in alternating rounds in one process: the one timing loop of the
+    latency search (here and on a device) and of the INT8 benchmarks. ``runs``: name -> a zero-argument callable,
+    or a list of them (sessions of one file: ONNX Runtime sessions of one file in one process settle at levels up
+    to 2x apart). Per round, every session of every artifact runs one untimed call, then ``calls`` timed calls
+    (by default enough to last ``round_s``); the round's figure is its fastest session's median. Returns, per
+    name, ``rounds`` (each round's figure), ``ms`` (their minimum: a burst of load only adds time) and ``spread``
+    (slowest round over fastest). Ratios between artifacts are :func:`paired_ratio` of their rounds."""
+    groups = {name: list(call) if isinstance(call, (list, tuple)) else [call] for name, call in runs.items()}
     per_call = {}
-    for name, call in runs.items():
-        for _ in range(3):
-            call()
-        t = time.perf_counter()
-        call()
-        per_call[name] = max(time.perf_counter() - t, 1e-5)
-    medians = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, call in runs.items():
-            call()
-            n = max(5, min(200, int(round_s / per_call[name])))
-            times = []
-            for _ in range(n):
-                t = time.perf_counter_ns()
+    for name, sessions in groups.items():
+        for call in sessions:
+            for _ in range(3):
                 call()
-                times.append((time.perf_counter_ns() - t) / 1e6)
-            medians[name].append(statistics.median(times))
-    return {name: {"ms": round(min(m), 4), "spread": round(max(m) / min(m), 3)} for name, m in medians.items()}
+        t = time.perf_counter()
+        sessions[0]()
+        per_call[name] = max(time.perf_counter() - t, 1e-5)
+    figures = {name: [] for name in groups}
+    for _ in range(rounds):
+        for name, sessions in groups.items():
+            n = calls or max(5, min(200, int(round_s / per_call[name])))
+            best = float("inf")
+            for call in sessions:
+                call()
+                times = []
+                for _ in range(n):
+                    t = time.perf_counter_ns()
+                    call()
+                    times.append((time.perf_counter_ns() - t) / 1e6)
+                best = min(best, statistics.median(times))
+            figures[name].append(best)
+    return {name: {"ms": round(min(f), 4), "spread": round(max(f) / min(f), 3), "rounds": [round(x, 4) for x in f]}
+            for name, f in figures.items()}
+
+
+def paired_ratio(base, other) -> float:
+    """``base``'s round figures over ``other``'s, paired by round: the median of each round's ratio. A machine
+    moves between speed levels from one round to the next (a 2-vCPU VM: ONNX Runtime on ``efficientformer_l1``
+    read FP32 21.1 / INT8 15.5 ms for a minute, then 17.7 / 11.4 ms, nothing else running), and int8 kernels move
+    further than float ones; a ratio of two summaries can pair one artifact's slow rounds with the other's fast
+    ones (1.12x printed where every paired round read 1.4-1.5x). A round's two figures are seconds apart and
+    share a level."""
+    if not base or len(base) != len(other):
+        raise ValueError("paired_ratio needs the same number of rounds on both sides, got %d and %d"
+                         % (len(base), len(other)))
+    return statistics.median(b / o for b, o in zip(base, other))
 
 
 def side_by_side(args) -> dict:
