@@ -53,21 +53,24 @@ def drop_eval_dropout(gm: torch.fx.GraphModule) -> int:
         x, p, train = node.args[0], _arg(node, 1, "p"), _arg(node, 2, "train")
         if train and p != 0:
             continue
-        _bypass(gm, node, x)
+        bypass(gm, node, x)
         dropped += 1
-    return _tidy(gm, dropped)
+    return tidy(gm, dropped)
 
 
 def _arg(node: torch.fx.Node, index: int, name: str):
     return node.args[index] if len(node.args) > index else node.kwargs[name]
 
 
-def _bypass(gm: torch.fx.GraphModule, node: torch.fx.Node, replacement: torch.fx.Node) -> None:
+def bypass(gm: torch.fx.GraphModule, node: torch.fx.Node, replacement: torch.fx.Node) -> None:
+    """Remove ``node``; its users read ``replacement``."""
     node.replace_all_uses_with(replacement)
     gm.graph.erase_node(node)
 
 
-def _tidy(gm: torch.fx.GraphModule, changed: int) -> int:
+def tidy(gm: torch.fx.GraphModule, changed: int) -> int:
+    """After a pass that rewired ``changed`` nodes: drop what no longer has users and recompile; returns
+    ``changed``. Shared by every graph rewrite before and after conversion."""
     if changed:
         gm.graph.eliminate_dead_code()
         gm.recompile()
@@ -94,9 +97,9 @@ def fold_channel_scales(gm: torch.fx.GraphModule) -> int:
             if scale_shift is None:
                 break
             _fold_affine(gm, node, *scale_shift)
-            _bypass(gm, user, node)
+            bypass(gm, user, node)
             folded += 1
-    return _tidy(gm, folded)
+    return tidy(gm, folded)
 
 
 def _channels(node: torch.fx.Node) -> int | None:

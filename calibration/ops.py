@@ -105,8 +105,9 @@ class QuantPolicy:
     dequantize (ONNX). LiteRT's converter keeps one scale per tensor and would read the folded step wrongly.
     ``requantize_float_concat``: the target's converter turns a float concatenation between quantized tensors
     into an int8 one that requantizes each input (LiteRT's CONCATENATION); a slice or reshape feeding it then
-    keeps its quantize (:func:`calibration.quantize._after_quantized_move`), since a slice cannot take the concatenation's
-    scale. Not where int8 concatenation needs one scale everywhere (XNNPACK under ExecuTorch refuses the node).
+    keeps its quantize (:func:`calibration.quantize._after_quantized_move`), since a slice cannot take the
+    concatenation's scale. Not where int8 concatenation needs one scale everywhere (XNNPACK under ExecuTorch
+    refuses the node).
     ``unaccelerated_int8``: (aten op, why) pairs for ops the target's converter turns into an int8 kernel
     whenever their input and output are both quantized, but whose int8 kernel the runtime's accelerator lacks,
     so it runs outside it and splits the accelerated graph. The plan keeps one side of each such op in float

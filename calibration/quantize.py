@@ -31,7 +31,7 @@ from calibration.annotate import (
     make_quantizer,
     torchao,
 )
-from calibration.fold import drop_eval_dropout, fold_channel_scales, split_silu
+from calibration.fold import bypass, drop_eval_dropout, fold_channel_scales, split_silu, tidy
 from calibration.ops import FUSED, KIND_OF, Layer, OpKind, QuantPolicy, layer_of, layers_of, op_name, passes
 from edgehybrid.errors import EdgeHybridError, UnknownNameError
 
@@ -221,15 +221,15 @@ def finalize(cal: Calibrated, policy: QuantPolicy = QuantPolicy(), float_layers:
     graph = prepared.graph
     concats = ({n.name for n in graph.nodes if KIND_OF.get(n.target) is OpKind.CAT}
                if policy.requantize_float_concat else set())  # see _after_quantized_move
+    removed = 0
     for node in list(graph.nodes):
         edge = observer_edge(node)
         if edge is None:
             continue
         if not keep_edge(*edge, int8, skipped, float_out) and not (edge[1] & concats and _after_quantized_move(node)):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-    graph.eliminate_dead_code()
-    prepared.recompile()
+            bypass(prepared, node, node.args[0])
+            removed += 1
+    tidy(prepared, removed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = convert_pt2e(prepared, fold_quantize=policy.fold_quantize)
@@ -261,10 +261,7 @@ def drop_exact_rescales(gm: torch.fx.GraphModule) -> int:
             continue
         node.replace_all_uses_with(dq.args[0])
         dropped += 1
-    if dropped:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return dropped
+    return tidy(gm, dropped)
 
 
 class QuantizedGraph(nn.Module):
@@ -330,9 +327,9 @@ def _upstream(node: torch.fx.Node, depth: int = 0) -> set[str]:
         if node.meta.get(FUSED):  # a ReLU fused into its conv: the quantize after it is the conv's output too
             return {node.name} | _upstream(node.args[0], depth + 1)
         return {node.name}
-    if depth < 16 and node.op in ("call_function", "call_module") and node.args and isinstance(node.args[0], torch.fx.Node):
-        if _is_observer(node) or passes(node):
-            return _upstream(node.args[0], depth + 1)
+    source = node.args[0] if node.args and node.op in ("call_function", "call_module") else None
+    if depth < 16 and isinstance(source, torch.fx.Node) and (_is_observer(node) or passes(node)):
+        return _upstream(source, depth + 1)
     return set()
 
 
