@@ -170,18 +170,19 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
             try:
                 artifact = export(graph, Path(tmp) / f"trial{i}", cand is not None)
             except EdgeHybridError as exc:
-                if cand is None or cand is cands[0]:  # FP32 and the target's own plan must convert
-                    raise
                 # e.g. LiteRT's converter needs one scale across an int8 concatenation
-                refused.append({"plan": name, "error": str(exc).splitlines()[0][:300]})
-                log(f"  {name}: refused by the target's converter or runtime, skipped ({refused[-1]['error'][:120]})")
+                _refuse(refused, name, str(exc), cand is None or cand is cands[0], log)
                 continue
             artifacts[name] = artifact
             sizes[name] = artifact_digest(artifact.path)[1]
-        cands = [c for c in cands if c.name in artifacts]
-        log(f"timing {len(cands)} INT8 plans against FP32 on {runtime} on {where} ({threads} threads, {ROUNDS} "
-            "alternating rounds)")
+        log(f"timing {len(artifacts) - 1} INT8 plans against FP32 on {runtime} on {where} ({threads} threads, "
+            f"{ROUNDS} alternating rounds)")
         timed = time_all(artifacts, threads)
+        for name, t in timed.items():  # a device's runtime refused it: only its probe could load it
+            if "error" in t:
+                _refuse(refused, name, f"{runtime} on {where} cannot load it: {t['error']}",
+                        name in ("FP32", cands[0].name), log)
+        cands = [c for c in cands if c.name in artifacts and "error" not in timed[c.name]]
         rows, best = _rank(cands, timed, drifts, sizes, limit)
         fewer = []
         for count in fewer_threads(threads) if vary_threads else []:
@@ -207,6 +208,15 @@ def search(cands: list[Candidate], drift: Callable[[Candidate], float], build: C
             f"({f['vs_fp32']:.2f}x FP32)")
     log(verdict(report))
     return Choice(chosen, report)
+
+
+def _refuse(refused: list[dict], name: str, error: str, needed: bool, log: Callable[[str], None]) -> None:
+    """Record a candidate the target's converter or runtime refused; FP32 and the target's own plan must not be."""
+    if needed:
+        raise EdgeHybridError(f"--optimize latency: '{name}' is needed for the comparison and was refused: "
+                              f"{error.splitlines()[0]}")
+    refused.append({"plan": name, "error": error.splitlines()[0][:300]})
+    log(f"  {name}: refused by the target's converter or runtime, skipped ({refused[-1]['error'][:120]})")
 
 
 def _rank(cands: list[Candidate], timed: dict, drifts: dict, sizes: dict, limit: float):

@@ -2,9 +2,10 @@
 
 A candidate is exported with the request's own options (INT8) into its own folder; FP32 once, into a scratch
 folder the whole export keeps (the search times it, ``--sensitivity`` profiles it). Each INT8 candidate is
-opened once on the target's runtime right after its export, so a program the runtime refuses is a skipped
-candidate, not a failed search. Timing is :func:`~edgehybrid.profiling.probe.time_side_by_side`, here or on a
-device over SSH (:func:`~edgehybrid.profiling.remote.time_side_by_side_remote`).
+opened on the target's runtime right after its export (on a device: when the probe loads them all), so a
+program the runtime refuses is a skipped candidate, not a failed search. Timing is
+:func:`~edgehybrid.profiling.probe.time_side_by_side`, here or on a device over SSH
+(:func:`~edgehybrid.profiling.remote.time_side_by_side_remote`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from edgehybrid.int8 import Int8Request, Trials
 from edgehybrid.latency_plan import feed_for
 from edgehybrid.targets import Precision
 
-#: sessions each artifact is opened in when the search times it here, the fastest counting each round, where a
-#: session keeps its own threads (ONNX Runtime, LiteRT): ONNX Runtime sessions of one file in one process settle
-#: at levels up to 2x apart: one slow FP32 session (1.44 ms) made a plan read 1.83x FP32 that the benchmark timed
-#: at 0.98x (`mobilevit_xxs.cifar10`, ONNX Runtime)
+#: sessions each artifact is opened in when the search times it (here or on a device), the fastest counting each
+#: round, where a session keeps its own threads (ONNX Runtime, LiteRT): ONNX Runtime sessions of one file in one
+#: process settle at levels up to 2x apart: one slow FP32 session (1.44 ms) made a plan read 1.83x FP32 that the
+#: benchmark timed at 0.98x (`mobilevit_xxs.cifar10`, ONNX Runtime)
 SESSIONS = 3
 
 
@@ -84,7 +85,7 @@ def trials_for(req, exporter, fp32_graph: nn.Module, example: torch.Tensor, spec
         paths = {name: artifact.path for name, artifact in artifacts.items()}
         return time_side_by_side_remote(device, paths, exporter.target.runtime, threads,
                                         python=quant.device_python, identity=quant.identity,
-                                        ssh_options=list(quant.ssh_options))
+                                        ssh_options=list(quant.ssh_options), sessions=sessions)
 
     return Trials(export, time_there, fp32_graph, exporter.target.runtime, req.threads, where=device.url,
                   vary_threads=vary)

@@ -13,7 +13,7 @@ import pytest
 from calibration.ops import UNWEIGHTED, OpKind, QuantPolicy
 from calibration.quantize import calibrate, capture
 from calibration.sources import open_source
-from edgehybrid.errors import UnknownNameError
+from edgehybrid.errors import EdgeHybridError, UnknownNameError
 from edgehybrid.latency_plan import (
     LIGHT_SHARE,
     STEM_ENDS,
@@ -246,3 +246,32 @@ def test_fewer_threads_are_timed_only_where_a_session_keeps_its_own_count(vary, 
                     time_all, None, "onnxruntime", 4, lambda line: None, vary_threads=vary)
     assert asked == counts
     assert [f["threads"] for f in choice.report["fewer_threads"]] == counts[1:]
+
+
+def test_a_plan_the_devices_runtime_refuses_is_skipped_and_fp32_refused_stops_the_search():
+    # on a device the probe loads the candidates only when it times them: its refusals come back as entries
+    from edgehybrid.latency_plan import Candidate, search
+
+    class Artifact:
+        def __init__(self, path):
+            path.write_bytes(b"x" * 10)
+            self.path = path
+
+    def timer(refuse: str):
+        def time_all(artifacts, threads):
+            return {name: {"error": "XNNPACK: Failed to create static slice node"} if name == refuse else
+                    {"ms": 1.0, "spread": 1.0, "rounds": [1.0 if name == "FP32" else 0.8]} for name in artifacts}
+        return time_all
+
+    plans = [Candidate("target's plan", QuantPolicy()), Candidate("every kind", QuantPolicy())]
+    lines: list[str] = []
+    args = (lambda c: 0.01, lambda c: None, lambda g, folder, int8: Artifact(folder), None)
+    choice = search(plans, *args, timer("every kind"), None, "executorch", 2, lines.append, where="ssh://pi@b",
+                    vary_threads=False)
+    assert [r["plan"] for r in choice.report["candidates"]] == ["target's plan"]
+    (refused,) = choice.report["not_convertible"]
+    assert refused["plan"] == "every kind" and refused["error"].startswith("executorch on ssh://pi@b cannot load it")
+    assert any("every kind: refused" in line for line in lines)
+    for needed in ("FP32", "target's plan"):
+        with pytest.raises(EdgeHybridError, match=f"'{needed}' is needed for the comparison"):
+            search(plans, *args, timer(needed), None, "executorch", 2, lines.append, vary_threads=False)

@@ -144,6 +144,27 @@ def test_probe_streamed_on_stdin_like_ssh(artifacts):
     assert doc["runs"] == 2 and doc["device"] == "ssh://pi@board:22"
 
 
+def test_side_by_side_times_the_loadable_artifacts_and_names_the_refused_one(artifacts, tmp_path):
+    # a latency search on a device: one candidate the runtime cannot load is skipped, not the whole timing
+    bad = tmp_path / "refused.onnx"
+    bad.write_bytes(b"not a model" * 10)
+    proc = subprocess.run([sys.executable, str(PROBE), str(artifacts["onnx"]), str(bad), "--side-by-side",
+                           "--runtime", "onnxruntime", "--threads", "1", "--sessions", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert set(doc["side_by_side"]) == {artifacts["onnx"].name} and doc["sessions"] == 2
+    timed = doc["side_by_side"][artifacts["onnx"].name]
+    assert len(timed["rounds"]) == doc["rounds"] and timed["ms"] == min(timed["rounds"]) > 0
+    assert list(doc["refused"]) == ["refused.onnx"] and "not a valid ONNX model" in doc["refused"]["refused.onnx"]
+    for extra, said in ((["--sessions", "0"], "--sessions must be at least 1"),
+                        (["--runs", "3", "--sessions", "2"], "--sessions applies to --side-by-side only")):
+        side = [str(bad), "--side-by-side"] if "--runs" not in extra else []
+        proc = subprocess.run([sys.executable, str(PROBE), str(artifacts["onnx"]), *side, "--runtime",
+                               "onnxruntime", *extra], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and said in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
 def test_probe_is_self_contained():
     from edgehybrid.targets import all_targets
 

@@ -364,10 +364,15 @@ def test_artifacts_are_timed_side_by_side_on_the_device(sshd, tmp_path):
     # two artifacts with the same file name, as a latency search writes them, one about 50x the other's work
     light = _conv_model((tmp_path / "a").mkdir() or tmp_path / "a" / "trial.onnx", 32, 8)
     heavy = _conv_model((tmp_path / "b").mkdir() or tmp_path / "b" / "trial.onnx", 128, 32)
-    timed = remote.time_side_by_side_remote(sshd.device, {"FP32": light, "every kind": heavy}, "onnxruntime", 1,
-                                            python=sys.executable, identity=sshd.key, ssh_options=NO_HOST_KEYS)
-    assert set(timed) == {"FP32", "every kind"}
-    assert 0 < timed["FP32"]["ms"] < timed["every kind"]["ms"] and all(t["spread"] >= 1 for t in timed.values())
+    broken = (tmp_path / "c").mkdir() or tmp_path / "c" / "trial.onnx"
+    broken.write_bytes(b"not a model" * 10)  # a candidate the device's runtime refuses: named, the rest timed
+    timed = remote.time_side_by_side_remote(sshd.device, {"FP32": light, "every kind": heavy, "broken": broken},
+                                            "onnxruntime", 1, python=sys.executable, identity=sshd.key,
+                                            ssh_options=NO_HOST_KEYS, sessions=2)
+    assert set(timed) == {"FP32", "every kind", "broken"}
+    assert 0 < timed["FP32"]["ms"] < timed["every kind"]["ms"]
+    assert all(t["spread"] >= 1 and min(t["rounds"]) == t["ms"] for n, t in timed.items() if n != "broken")
+    assert "not a valid ONNX model" in timed["broken"]["error"]
     assert leftovers(sshd) == []
 
 

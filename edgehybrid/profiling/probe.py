@@ -6,24 +6,25 @@ It runs under Python 3.8+ (older device images), so no newer syntax.
 
     probe.py ARTIFACT --runtime onnxruntime|litert|coreml|executorch --threads N --warmup N (--runs N | --min-time S)
              [--per-op] [--input-name NAME] [--device LABEL]
-    probe.py ARTIFACT ARTIFACT... --side-by-side --runtime R --threads N
+    probe.py ARTIFACT ARTIFACT... --side-by-side --runtime R --threads N [--sessions N]
 
 ``--side-by-side`` (``--optimize latency`` on a device) loads every artifact in this one process and times
 them in alternating rounds (:func:`time_side_by_side`); the document is ``{"side_by_side": {name: {"ms",
-"spread", "rounds"}}, ...}`` with the runtime, its version, the threads and the machine.
+"spread", "rounds"}}, "refused": {name: reason}, ...}`` with the runtime, its version, the threads and the
+machine.
 
 Order: import the runtime, note RSS (baseline); load the artifact (``load_ms``); build a seeded random
 input from the artifact's own input name/shape/dtype (floats uniform in [-1, 1): latency does not depend on
 values except through NaN/denormals); time the first inference; ``warmup`` untimed runs; timed runs with
 ``perf_counter_ns`` around the run call only (ORT ``session.run``; LiteRT's signature runner, which sets the
-input, invokes and returns the output, as an app calls it; Core ML ``predict``); peak RSS (VmHWM, else ``ru_maxrss``). Only then, with
-``--per-op``, a second, separately created and identically configured session is profiled, so the
-profiler's overhead never touches the latency or memory figures. The document follows
+input, invokes and returns the output, as an app calls it; Core ML ``predict``); peak RSS (VmHWM, else
+``ru_maxrss``). Only then, with ``--per-op``, a second, separately created and identically configured session
+is profiled, so the profiler's overhead never touches the latency or memory figures. The document follows
 ``edgehybrid.profile/1`` (``per_op`` adds ``module_source``; ``machine`` adds ``arch``).
 
-Per-op (ONNX Runtime only; LiteRT's, Core ML's and the ExecuTorch wheel's Python APIs expose no per-op timing, ``per_op.missing``
-says what to use instead). ORT's profiler ``Node`` events of the last ``runs`` profiled runs (warmup runs
-dropped by their ``model_run`` span) are summed per node and divided by the run count. Nodes are ORT's
+Per-op (ONNX Runtime only; LiteRT's, Core ML's and the ExecuTorch wheel's Python APIs expose no per-op timing,
+``per_op.missing`` says what to use instead). ORT's profiler ``Node`` events of the last ``runs`` profiled runs
+(warmup runs dropped by their ``model_run`` span) are summed per node and divided by the run count. Nodes are ORT's
 *executed* kernels (after fusion: ``FusedMatMul``, ``QuickGelu``, NCHWc ``Conv`` ...), joined to the ONNX
 graph ORT optimized (saved to a temp file) and from there to the artifact's nodes, which give the module:
 
@@ -490,7 +491,8 @@ def summarize_ops(per_node: dict, n_runs: int, path: str, optimized) -> dict:
     if optimized is not None:
         nodes, inits = optimized
     else:  # only the kernels' names: still joinable, without ORT's graph around them
-        nodes, inits = [{"name": k, "op": v[1], "inputs": [], "outputs": [], "meta": {}} for k, v in per_node.items()], set()
+        nodes = [{"name": k, "op": v[1], "inputs": [], "outputs": [], "meta": {}} for k, v in per_node.items()]
+        inits = set()
     modules = assign_modules(nodes, inits, _join(nodes, orig_nodes, orig_mod))
     source = ("name scopes" if any(_scopes(n["meta"]) for n in orig_nodes)
               else "weight names (heuristic)" if orig_mod else None)
@@ -546,7 +548,8 @@ class LiteRTProbe:
                 from tflite_runtime.interpreter import Interpreter
                 package = "tflite-runtime"
             except ImportError:
-                raise _missing("LiteRT", "ai-edge-litert", " (or tflite-runtime where ai-edge-litert has no wheel)") from None
+                raise _missing("LiteRT", "ai-edge-litert",
+                               " (or tflite-runtime where ai-edge-litert has no wheel)") from None
         try:
             from importlib.metadata import version
 
@@ -759,23 +762,36 @@ def paired_ratio(base, other) -> float:
 
 
 def side_by_side(args) -> dict:
-    """Every artifact of ``args`` loaded on its runtime in this process, timed by :func:`time_side_by_side`."""
-    runs, version = {}, None
+    """Every artifact of ``args`` loaded on its runtime in this process, ``args.sessions`` times, and timed by
+    :func:`time_side_by_side`. An artifact the runtime cannot load or run is named in ``refused`` with the
+    runtime's reason, and the others are still timed: a latency search skips that candidate, as it does one
+    refused here."""
+    runs, refused, version = {}, {}, None
     for path in args.artifacts:
         if not os.path.exists(path):
             raise ProbeError("input", "artifact %r does not exist" % path)
-        rt = RUNTIMES[args.runtime]()
-        rt.load(path, args.threads)
-        rt.prepare(seeded_feeds(rt.inputs))
+        name = os.path.basename(os.path.normpath(path))
+        calls = []
         try:
-            rt.run()
-        except Exception as exc:  # noqa: BLE001 - the runtime cannot execute this artifact
-            raise ProbeError("input", "%s failed running %s: %s" % (args.runtime, os.path.basename(path), _short(exc)))
-        runs[os.path.basename(os.path.normpath(path))] = rt.run
-        version = rt.version
-    return {"schema": SCHEMA, "side_by_side": time_side_by_side(runs), "rounds": ROUNDS, "round_s": ROUND_S,
-            "statistic": "minimum of round medians", "runtime": args.runtime, "runtime_version": version,
-            "threads": args.threads, "machine": machine_info(), "device": args.device}
+            for _ in range(args.sessions):
+                rt = RUNTIMES[args.runtime]()
+                rt.load(path, args.threads)
+                rt.prepare(seeded_feeds(rt.inputs))
+                rt.run()
+                calls.append(rt.run)
+                version = rt.version
+        except ProbeError as exc:
+            if exc.kind != "input":  # the runtime itself is missing or too old: nothing can be timed
+                raise
+            refused[name] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the runtime loads it but cannot execute it
+            refused[name] = "%s failed running %s: %s" % (args.runtime, name, _short(exc))
+        else:
+            runs[name] = calls
+    return {"schema": SCHEMA, "side_by_side": time_side_by_side(runs) if runs else {}, "refused": refused,
+            "rounds": ROUNDS, "round_s": ROUND_S, "sessions": args.sessions,
+            "statistic": "minimum of round medians, each round's fastest session", "runtime": args.runtime,
+            "runtime_version": version, "threads": args.threads, "machine": machine_info(), "device": args.device}
 
 
 def measure(args) -> dict:
@@ -849,6 +865,8 @@ def parse_args(argv):
     p.add_argument("artifacts", nargs="+", metavar="artifact")
     p.add_argument("--side-by-side", action="store_true",
                    help="time several artifacts in alternating rounds in this process")
+    p.add_argument("--sessions", type=int, default=1,
+                   help="with --side-by-side: sessions per artifact, each round's fastest counting")
     p.add_argument("--runtime", required=True, choices=sorted(RUNTIMES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=10)
@@ -867,7 +885,11 @@ def parse_args(argv):
         if len(args.artifacts) < 2 or args.runs is not None or args.min_time is not None or args.per_op:
             raise ProbeError("usage", "--side-by-side times two or more artifacts by its own rounds: no --runs, "
                                       "--min-time or --per-op")
+        if args.sessions < 1:
+            raise ProbeError("usage", "--sessions must be at least 1, got %d" % args.sessions)
         return args
+    if args.sessions != 1:
+        raise ProbeError("usage", "--sessions applies to --side-by-side only")
     if len(args.artifacts) != 1:
         raise ProbeError("usage", "one artifact at a time (--side-by-side compares several)")
     if args.runs is None and args.min_time is None:

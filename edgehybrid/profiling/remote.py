@@ -296,10 +296,12 @@ def profile_remote(device: Device, artifact: Path, runtime: str, threads: int, w
 
 def time_side_by_side_remote(device: Device, artifacts: dict[str, Path], runtime: str, threads: int,
                              python: str = "python3", identity: Path | None = None,
-                             ssh_options: list[str] | None = None, timeout: float = 900) -> dict[str, dict]:
+                             ssh_options: list[str] | None = None, timeout: float = 900,
+                             sessions: int = 1) -> dict[str, dict]:
     """``--optimize latency`` on a device: copy every artifact there in one folder, load them all in one probe
-    process and time them in alternating rounds (``probe.py --side-by-side``); returns ``{name: {"ms",
-    "spread"}}`` keyed like ``artifacts``. The folder is removed whatever happens."""
+    process, each in ``sessions`` sessions, and time them in alternating rounds (``probe.py --side-by-side``);
+    returns ``{name: {"ms", "spread", "rounds"}}`` keyed like ``artifacts``, or ``{name: {"error": reason}}`` for
+    one the device's runtime cannot load or run. The folder is removed whatever happens."""
     check_identity(identity)
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="edgehybrid-trials-") as tmp:
@@ -315,11 +317,12 @@ def time_side_by_side_remote(device: Device, artifacts: dict[str, Path], runtime
             names[copy.name] = name
         remote_dir = _copy(device, folder, deadline, timeout, identity, ssh_options)
     argv = [python, "-", *(f"{remote_dir}/trials/{n}" for n in names), "--side-by-side", "--runtime", runtime,
-            "--threads", str(int(threads)), "--device", device.url]
+            "--threads", str(int(threads)), "--sessions", str(int(sessions)), "--device", device.url]
     doc = _run_probe(device, remote_dir, argv, runtime, deadline, timeout, identity, ssh_options,
                      "timing the candidate plans")
     try:
-        return {names[n]: doc["side_by_side"][n] for n in names}
+        refused = doc.get("refused") or {}
+        return {names[n]: {"error": refused[n]} if n in refused else doc["side_by_side"][n] for n in names}
     except (KeyError, TypeError) as exc:
         raise ProbeFailed(f"{device.url}: the probe's side-by-side timing is incomplete ({exc})") from None
 
