@@ -254,7 +254,7 @@ def _export_into(req: ExportRequest, exporter, int8: Int8Request, images: list[P
     def wrap(model: nn.Module) -> nn.Module:  # --normalize-in-graph: raw pixels in, for FP32 and INT8 graphs alike
         return NormalizeInGraph(model, spec.preprocessing) if options.normalize_in_graph else model
 
-    graph = wrap(loaded.model).eval()  # not on a quantized graph: an exported module refuses eval()
+    graph = wrap(loaded.model).eval()
     feeds_nchw = pixels if options.normalize_in_graph else model_input(pixels, spec.preprocessing)
     example = torch.from_numpy(batched(feeds_nchw, options.batch)[0])
     fp32_graph, quant = None, None
